@@ -1,0 +1,250 @@
+//! The error type of the tap core (model and policy).
+//!
+//! Every message says which step failed, on which interface, and the
+//! kernel's reason in plain words; the raw OS error stays available as the
+//! [`std::error::Error::source`].
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why an interface name was refused (checked before any syscall).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameProblem {
+    /// The name is empty where a name is required.
+    Empty,
+    /// Longer than the kernel's 15 bytes (it would cut it silently).
+    TooLong(usize),
+    /// `.` or `..`.
+    Dot,
+    /// A character the kernel refuses (`/`, `:`).
+    Forbidden(char),
+    /// Space, tab, newline or other whitespace.
+    Whitespace,
+    /// A NUL byte.
+    Nul,
+    /// A `%` other than one `%d`.
+    Percent,
+    /// A `%d` template where a concrete name is required.
+    Template,
+}
+
+impl std::fmt::Display for NameProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => write!(f, "is empty"),
+            Self::TooLong(n) => write!(
+                f,
+                "is {n} bytes long, more than the kernel's limit of {}",
+                crate::sys::IFNAME_MAX
+            ),
+            Self::Dot => write!(f, "is not allowed (\".\" and \"..\" are reserved)"),
+            Self::Forbidden(c) => write!(f, "contains '{c}'"),
+            Self::Whitespace => write!(f, "contains whitespace"),
+            Self::Nul => write!(f, "contains a NUL byte"),
+            Self::Percent => write!(f, "has a '%' that is not a single \"%d\" template"),
+            Self::Template => write!(f, "is a \"%d\" template where an exact name is needed"),
+        }
+    }
+}
+
+/// What the caller was doing when `TUNSETIFF` failed; picks the explanation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// Creating a new interface, refusing to share an existing one.
+    Create,
+    /// Attaching to an existing interface on purpose.
+    Attach,
+    /// Adding queue k > 0 to the interface this call created.
+    AddQueue,
+}
+
+/// Errors of the tap core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An interface name broke one of the kernel's rules.
+    #[error("interface name \"{name}\" {problem}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// The rule it broke.
+        problem: NameProblem,
+    },
+    /// The queue count is outside 1..=256.
+    #[error("invalid queue count {0}: must be 1 to 256 (the kernel's MAX_TAP_QUEUES)")]
+    InvalidQueues(usize),
+    /// Some other argument is invalid (nothing was touched).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A device node could not be opened.
+    #[error("cannot open {path}: {cause}", path = path.display())]
+    OpenDevice {
+        /// The node.
+        path: PathBuf,
+        /// The reason in plain words.
+        cause: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `/dev/vhost-net` (or the configured path) cannot be used.
+    #[error("vhost-net is not available on this host: cannot open {path}: {cause}", path = path.display())]
+    VhostUnavailable {
+        /// The vhost-net node that was tried.
+        path: PathBuf,
+        /// The reason in plain words.
+        cause: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `vnet_hdr=on` but the kernel lacks `IFF_VNET_HDR`.
+    #[error("vnet_hdr=on was asked, but this kernel does not support IFF_VNET_HDR")]
+    VnetHdrUnsupported,
+    /// Several queues but the kernel lacks `IFF_MULTI_QUEUE`.
+    #[error(
+        "{0} queues were asked, but this kernel does not support IFF_MULTI_QUEUE (use 1 queue)"
+    )]
+    MultiQueueUnsupported(usize),
+    /// `TUNSETIFF` failed.
+    #[error("cannot {action} tap \"{ifname}\" (queue {queue}): {cause}", action = match mode {
+        BindMode::Create => "create",
+        BindMode::Attach => "attach to",
+        BindMode::AddQueue => "add a queue to",
+    })]
+    Bind {
+        /// What was being done.
+        mode: BindMode,
+        /// The interface name (or template) asked for.
+        ifname: String,
+        /// Queue index, from 0.
+        queue: usize,
+        /// The reason in plain words.
+        cause: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Attaching with `attach_existing` to a name that does not exist.
+    #[error("no interface named \"{0}\" to attach to")]
+    NoSuchInterface(String),
+    /// An existing tap's flags differ from what was asked.
+    #[error("tap \"{ifname}\" exists with different settings: {detail}")]
+    Mismatch {
+        /// The interface.
+        ifname: String,
+        /// What differs.
+        detail: String,
+    },
+    /// The named interface exists but is not a TAP device.
+    #[error("\"{0}\" exists but is not a TAP device")]
+    NotATap(String),
+    /// The named tap is not persistent (it lives while its fds are open).
+    #[error("tap \"{0}\" is not persistent (it goes away when its users close it)")]
+    NotPersistent(String),
+    /// An ioctl on a bound fd failed.
+    #[error("{op} failed on \"{ifname}\": {cause}")]
+    Ioctl {
+        /// The ioctl's name.
+        op: &'static str,
+        /// The interface (empty when not known yet).
+        ifname: String,
+        /// The reason in plain words.
+        cause: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// An fd is not a bound TUN/TAP fd.
+    #[error("fd {fd} is not a TUN/TAP fd: {cause}")]
+    NotATapFd {
+        /// The fd number (for the message only).
+        fd: i32,
+        /// The reason in plain words.
+        cause: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A set of fds does not form one device with consistent flags.
+    #[error("the fds do not belong to one tap with consistent flags: {0}")]
+    InconsistentQueues(String),
+}
+
+impl Error {
+    /// True for errors caused by the caller's input (nothing was touched):
+    /// the command exits 2 for these, 1 for system failures.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidName { .. } | Self::InvalidQueues(_) | Self::InvalidArgument(_)
+        )
+    }
+
+    /// The OS error number behind this error, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::OpenDevice { source, .. }
+            | Self::VhostUnavailable { source, .. }
+            | Self::Bind { source, .. }
+            | Self::Ioctl { source, .. }
+            | Self::NotATapFd { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// A `Result` with the core [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Plain words for a failure to open a device node.
+pub(crate) fn explain_open(err: &io::Error, what: &str) -> String {
+    match err.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => format!(
+            "the device node is missing ({what} module not loaded, or no such node in this container)"
+        ),
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            "permission denied (the node must be readable and writable by this user)".to_string()
+        }
+        _ => err.to_string(),
+    }
+}
+
+/// Plain words for a failed `TUNSETIFF`.
+pub(crate) fn explain_bind(err: &io::Error, mode: BindMode) -> String {
+    match (err.raw_os_error(), mode) {
+        (Some(libc::EPERM), BindMode::Create) => {
+            "permission denied: creating a tap needs CAP_NET_ADMIN in the network namespace's user namespace".into()
+        }
+        (Some(libc::EPERM), _) => {
+            "permission denied: attaching to this tap needs CAP_NET_ADMIN or to be its owner/group".into()
+        }
+        (Some(libc::EBUSY), BindMode::Create) => {
+            "an interface with this name already exists (vmtap never shares a tap by accident; attach to an existing tap explicitly if that is what you want)".into()
+        }
+        (Some(libc::EBUSY), _) => {
+            "the tap is in use: it is single-queue and already open elsewhere".into()
+        }
+        (Some(libc::EINVAL), BindMode::Create) => {
+            "the kernel refused the name or flags".into()
+        }
+        (Some(libc::EINVAL), _) => {
+            "the interface exists but is not a TAP device, or its multi-queue setting differs".into()
+        }
+        (Some(libc::E2BIG), _) => "more than 256 queues (the kernel's MAX_TAP_QUEUES)".into(),
+        (Some(libc::ENFILE), _) => "no free interface name is left for this template".into(),
+        (Some(libc::EEXIST), _) => "the fd is already bound to an interface".into(),
+        (Some(libc::ENOMEM), _) => "out of memory".into(),
+        _ => err.to_string(),
+    }
+}
+
+/// Plain words for a failed ioctl on a bound fd.
+pub(crate) fn explain_ioctl(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(libc::EBADFD) => "the fd is not bound to a tap yet".into(),
+        Some(libc::ENOTTY) => "the fd is not a TUN/TAP fd".into(),
+        Some(libc::EPERM) => "permission denied (needs CAP_NET_ADMIN)".into(),
+        Some(libc::EINVAL) => "the kernel refused the value (invalid argument)".into(),
+        _ => err.to_string(),
+    }
+}

@@ -1,0 +1,1 @@
+//! Host-side link set-up over netlink.

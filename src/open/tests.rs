@@ -1,0 +1,519 @@
+//! Unit tests of the policy and the model, on the fake kernel (no root).
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use super::*;
+use crate::fake::{FakeDevice, FakeKernel, Op};
+use crate::sys::Offloads;
+use crate::tap::{
+    PersistentOptions, check_queues_with, create_persistent_with, delete_persistent_with,
+};
+
+fn fake() -> Arc<FakeKernel> {
+    Arc::new(FakeKernel::new())
+}
+
+fn open(k: &Arc<FakeKernel>, opts: &OpenOptions) -> Result<Tap> {
+    open_tap_with(k.clone(), opts)
+}
+
+fn no_mq_features() -> u32 {
+    (TunFlags::TAP | TunFlags::NO_PI | TunFlags::VNET_HDR | TunFlags::ONE_QUEUE).bits()
+}
+
+// --- Ganeti's _GetTunFeatures / _ProbeTapVnetHdr / _ProbeTapMqVirtioNet ---
+
+#[test]
+fn features_ioctl_is_asked_with_a_zero_argument_and_returns_flags_unchanged() {
+    for value in [
+        0,
+        TunFlags::VNET_HDR.bits(),
+        TunFlags::MULTI_QUEUE.bits(),
+        0xdead_0000 | TunFlags::TAP.bits(),
+    ] {
+        let k = Arc::new(FakeKernel::with_features(Some(value)));
+        let fd = k.open_device(Path::new(TUN_PATH)).unwrap();
+        assert_eq!(
+            tun_features_with(&*k, fd.as_fd()).map(|f| f.bits()),
+            Some(value)
+        );
+        assert_eq!(k.features_args_seen(), vec![0]);
+        assert_eq!(k.calls().last().unwrap().op, Op::GetFeatures);
+    }
+}
+
+#[test]
+fn features_are_none_when_the_ioctl_fails() {
+    let k = FakeKernel::with_features(None);
+    let fd = k.open_device(Path::new(TUN_PATH)).unwrap();
+    assert_eq!(tun_features_with(&k, fd.as_fd()), None);
+}
+
+#[test]
+fn real_features_ioctl_on_a_regular_file_reports_unsupported() {
+    let file = std::fs::File::open("/proc/self/cmdline").unwrap();
+    assert_eq!(tun_features(file.as_fd()), None);
+    assert!(!probe_vnet_hdr(file.as_fd()));
+    assert!(!probe_multi_queue(file.as_fd()));
+}
+
+#[test]
+fn probes_answer_per_flag() {
+    let cases: [(Option<u32>, bool, bool); 5] = [
+        (Some(0), false, false),
+        (None, false, false),
+        (Some(TunFlags::VNET_HDR.bits()), true, false),
+        (Some(TunFlags::MULTI_QUEUE.bits()), false, true),
+        (
+            Some((TunFlags::VNET_HDR | TunFlags::MULTI_QUEUE).bits()),
+            true,
+            true,
+        ),
+    ];
+    for (features, vnet, mq) in cases {
+        let k = FakeKernel::with_features(features);
+        let fd = k.open_device(Path::new(TUN_PATH)).unwrap();
+        assert_eq!(probe_vnet_hdr_with(&k, fd.as_fd()), vnet, "{features:?}");
+        assert_eq!(probe_multi_queue_with(&k, fd.as_fd()), mq, "{features:?}");
+        // Both probes asked the fd they were given, through TUNGETFEATURES.
+        let asked: Vec<_> = k.calls().into_iter().map(|c| c.op).collect();
+        assert_eq!(asked, vec![Op::Open, Op::GetFeatures, Op::GetFeatures]);
+    }
+}
+
+// --- Names ---
+
+#[test]
+fn names_are_checked_with_the_rule_named() {
+    let bad: &[(&str, &str)] = &[
+        ("", "is empty"),
+        ("abcdefghijklmnop", "16 bytes long"),
+        (".", "reserved"),
+        ("..", "reserved"),
+        ("a/b", "contains '/'"),
+        ("a:b", "contains ':'"),
+        ("a b", "whitespace"),
+        ("a\tb", "whitespace"),
+        ("a\0b", "NUL"),
+        ("a%s", "\"%d\""),
+        ("a%d%d", "\"%d\""),
+        ("%%d", "\"%d\""),
+    ];
+    for (name, words) in bad {
+        let err = validate_name(name, true).unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_invalid_input());
+        assert!(msg.contains(words), "{name:?}: {msg}");
+    }
+    assert_eq!(
+        validate_name("a/b", true).unwrap_err().to_string(),
+        "interface name \"a/b\" contains '/'"
+    );
+    for good in ["tap0", "vm-1.eth0", "gnt.com.3", "abcdefghijklmno", "t%d"] {
+        validate_name(good, true).unwrap();
+    }
+    assert!(validate_name("t%d", false).is_err());
+}
+
+#[test]
+fn invalid_input_makes_no_syscall() {
+    let k = fake();
+    for opts in [
+        OpenOptions::new().name("a/b"),
+        OpenOptions::new().queues(0),
+        OpenOptions::new().queues(257),
+        OpenOptions::new().attach_existing(true),
+    ] {
+        let err = open(&k, &opts).unwrap_err();
+        assert!(err.is_invalid_input(), "{err}");
+    }
+    assert!(k.calls().is_empty());
+}
+
+// --- open_tap ---
+
+#[test]
+fn one_queue_gets_ganeti_flags_plus_exclusive() {
+    let k = fake();
+    let tap = open(&k, &OpenOptions::new().name("vm0")).unwrap();
+    assert_eq!(tap.name(), "vm0");
+    assert_eq!(tap.queues().len(), 1);
+    let setiff: Vec<_> = k
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Op::SetIff)
+        .collect();
+    let want = TunFlags::TAP
+        | TunFlags::NO_PI
+        | TunFlags::VNET_HDR
+        | TunFlags::ONE_QUEUE
+        | TunFlags::TUN_EXCL;
+    assert_eq!(setiff[0].arg, format!("vm0 {want:?}"));
+    let dev = &k.devices()["vm0"];
+    assert_eq!(
+        dev.flags,
+        TunFlags::TAP | TunFlags::NO_PI | TunFlags::VNET_HDR | TunFlags::ONE_QUEUE
+    );
+}
+
+#[test]
+fn no_name_gives_one_device_with_all_queues() {
+    for n in [1, 2, 8, 256] {
+        let k = fake();
+        k.add_device("tap0", FakeDevice::default());
+        let tap = open(&k, &OpenOptions::new().queues(n)).unwrap();
+        // tap0 is taken (by a persistent-less leftover): the kernel picks tap1.
+        assert_eq!(tap.name(), "tap1");
+        assert_eq!(tap.queues().len(), n);
+        let devs = k.devices();
+        assert_eq!(devs["tap1"].queue_fds(), n, "one device with {n} queues");
+        assert_eq!(devs.len(), 2);
+        // Every queue after the first attached by the chosen name.
+        let names: Vec<_> = k
+            .calls()
+            .into_iter()
+            .filter(|c| c.op == Op::SetIff)
+            .map(|c| c.arg.split(' ').next().unwrap().to_string())
+            .collect();
+        assert_eq!(names[0], "");
+        assert!(names[1..].iter().all(|n| n == "tap1"));
+        if n > 1 {
+            assert!(tap.flags().contains(TunFlags::MULTI_QUEUE));
+            assert!(!tap.flags().contains(TunFlags::ONE_QUEUE));
+        }
+        assert_eq!(tap.verify().unwrap().name, "tap1");
+    }
+}
+
+#[test]
+fn template_names_work() {
+    let k = fake();
+    k.add_other_interface("vm0");
+    let tap = open(&k, &OpenOptions::new().name("vm%d").queues(3)).unwrap();
+    assert_eq!(tap.name(), "vm1");
+    assert_eq!(k.devices()["vm1"].queue_fds(), 3);
+}
+
+#[test]
+fn vnet_hdr_modes() {
+    let k = fake();
+    let t = open(&k, &OpenOptions::new().vnet_hdr(VnetHdr::Off)).unwrap();
+    assert!(!t.flags().contains(TunFlags::VNET_HDR));
+    let t = open(&k, &OpenOptions::new().vnet_hdr(VnetHdr::On)).unwrap();
+    assert!(t.flags().contains(TunFlags::VNET_HDR));
+
+    let old = Arc::new(FakeKernel::with_features(Some(
+        (TunFlags::TAP | TunFlags::NO_PI).bits(),
+    )));
+    let t = open(&old, &OpenOptions::new()).unwrap();
+    assert!(
+        !t.flags().contains(TunFlags::VNET_HDR),
+        "auto follows the kernel"
+    );
+    drop(t);
+    let err = open(&old, &OpenOptions::new().vnet_hdr(VnetHdr::On)).unwrap_err();
+    assert!(matches!(err, Error::VnetHdrUnsupported), "{err}");
+    assert_eq!(old.open_fds(), 0);
+    assert!(old.devices().is_empty());
+}
+
+#[test]
+fn several_queues_without_kernel_multi_queue_is_a_clear_error() {
+    for features in [Some(no_mq_features()), None] {
+        let k = Arc::new(FakeKernel::with_features(features));
+        let err = open(&k, &OpenOptions::new().queues(4)).unwrap_err();
+        assert!(matches!(err, Error::MultiQueueUnsupported(4)), "{err}");
+        assert!(err.to_string().contains("IFF_MULTI_QUEUE"));
+        assert!(
+            !k.calls().iter().any(|c| c.op == Op::SetIff),
+            "no device was created"
+        );
+        assert_eq!(k.open_fds(), 0);
+    }
+}
+
+#[test]
+fn vhost_opens_one_fd_per_queue_from_the_given_path() {
+    let k = fake();
+    let tap = open(
+        &k,
+        &OpenOptions::new()
+            .queues(3)
+            .vhost(true)
+            .vhost_path("/x/vhost"),
+    )
+    .unwrap();
+    assert_eq!(tap.vhost_fds().len(), 3);
+    let opened: Vec<_> = k
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Op::Open)
+        .map(|c| c.arg)
+        .collect();
+    assert_eq!(opened.iter().filter(|p| *p == "/x/vhost").count(), 3);
+    let (name, taps, vhost) = tap.into_parts();
+    assert_eq!((name.as_str(), taps.len(), vhost.len()), ("tap0", 3, 3));
+}
+
+#[test]
+fn missing_vhost_net_says_so_and_leaves_nothing() {
+    let k = fake();
+    k.remove_path(VHOST_NET_PATH);
+    let err = open(&k, &OpenOptions::new().queues(2).vhost(true)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::VhostUnavailable { .. }));
+    assert!(
+        msg.contains("vhost-net is not available on this host"),
+        "{msg}"
+    );
+    assert_eq!(k.open_fds(), 0);
+    assert!(k.devices().is_empty());
+}
+
+#[test]
+fn missing_tun_device_names_the_module() {
+    let k = fake();
+    k.remove_path(TUN_PATH);
+    let msg = open(&k, &OpenOptions::new()).unwrap_err().to_string();
+    assert!(
+        msg.contains("/dev/net/tun") && msg.contains("tun module"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_existing_interface_is_refused_by_default() {
+    let k = fake();
+    let _vm1 = open(&k, &OpenOptions::new().name("shared")).unwrap();
+    let err = open(&k, &OpenOptions::new().name("shared")).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EBUSY));
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(k.devices()["shared"].queue_fds(), 1, "not shared");
+
+    k.add_other_interface("veth0");
+    let err = open(&k, &OpenOptions::new().name("veth0")).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EBUSY));
+    assert_eq!(k.open_fds(), 1);
+}
+
+#[test]
+fn attach_existing_attaches_and_verifies_flags() {
+    let k = fake();
+    let persistent = |flags| FakeDevice::new(flags, true);
+    let mq_vnet = TunFlags::TAP | TunFlags::NO_PI | TunFlags::MULTI_QUEUE | TunFlags::VNET_HDR;
+    k.add_device("p0", persistent(mq_vnet));
+    let tap = open(
+        &k,
+        &OpenOptions::new()
+            .name("p0")
+            .queues(4)
+            .attach_existing(true),
+    )
+    .unwrap();
+    assert_eq!(k.devices()["p0"].queue_fds(), 4);
+    assert!(tap.flags().contains(TunFlags::VNET_HDR));
+    drop(tap);
+    assert_eq!(k.devices()["p0"].queue_fds(), 0, "persistent tap stays");
+
+    let err = open(
+        &k,
+        &OpenOptions::new()
+            .name("p0")
+            .queues(2)
+            .attach_existing(true)
+            .vnet_hdr(VnetHdr::Off),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+    assert!(err.to_string().contains("vnet_hdr is on"), "{err}");
+
+    // Multi-queue differs: the kernel says EINVAL, we say why.
+    let err = open(&k, &OpenOptions::new().name("p0").attach_existing(true)).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EINVAL));
+    assert!(
+        err.to_string().contains("multi-queue setting differs"),
+        "{err}"
+    );
+
+    k.add_other_interface("br0");
+    let err = open(&k, &OpenOptions::new().name("br0").attach_existing(true)).unwrap_err();
+    assert!(err.to_string().contains("not a TAP device"), "{err}");
+
+    let err = open(&k, &OpenOptions::new().name("nope").attach_existing(true)).unwrap_err();
+    assert!(matches!(err, Error::NoSuchInterface(_)), "{err}");
+    assert_eq!(k.open_fds(), 0);
+    assert_eq!(k.devices().keys().collect::<Vec<_>>(), vec!["p0"]);
+}
+
+#[test]
+fn kernel_errnos_map_to_actionable_causes() {
+    let cases = [
+        (libc::EPERM, "CAP_NET_ADMIN"),
+        (libc::E2BIG, "256 queues"),
+        (libc::ENFILE, "template"),
+    ];
+    for (errno, words) in cases {
+        let k = fake();
+        k.fail_op(Op::SetIff, 0, errno);
+        let err = open(&k, &OpenOptions::new().name("t0")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(words) && msg.contains("\"t0\""), "{msg}");
+        assert_eq!(k.open_fds(), 0);
+    }
+}
+
+/// Fails every call of a successful open in turn; whatever happens, no fd
+/// and no interface may be left once the result is dropped.
+#[test]
+fn a_failure_at_any_step_leaves_nothing_behind() {
+    for (queues, vhost) in [(1, false), (3, false), (3, true)] {
+        let opts = OpenOptions::new().queues(queues).vhost(vhost);
+        let reference = fake();
+        let total = open(&reference, &opts)
+            .map(|_| reference.calls().len())
+            .unwrap();
+        assert_eq!(total, 1 + queues * 2 + if vhost { queues } else { 0 });
+        for step in 0..total {
+            for errno in [libc::EIO, libc::EBUSY, libc::ENOENT] {
+                let k = fake();
+                k.add_device("keep", FakeDevice::default());
+                k.fail_nth_call(step, errno);
+                let result = open(&k, &opts);
+                let op = k.calls()[step].op;
+                match &result {
+                    // Only a failed feature probe may be survived (it
+                    // degrades to "unsupported").
+                    Ok(tap) => {
+                        assert_eq!(op, Op::GetFeatures);
+                        assert_eq!(queues, 1);
+                        assert!(!tap.flags().contains(TunFlags::VNET_HDR));
+                    }
+                    Err(e) => assert!(!e.to_string().is_empty()),
+                }
+                drop(result);
+                assert_eq!(k.open_fds(), 0, "step {step} ({op:?}) leaked an fd");
+                assert_eq!(
+                    k.devices().keys().collect::<Vec<_>>(),
+                    vec!["keep"],
+                    "step {step} ({op:?}) left an interface"
+                );
+            }
+        }
+    }
+}
+
+// --- Model: inspection, persistent taps, queues, offloads ---
+
+#[test]
+fn check_queues_refuses_mixed_devices() {
+    let k = fake();
+    let a = open(&k, &OpenOptions::new().queues(2)).unwrap();
+    let b = open(&k, &OpenOptions::new().queues(2)).unwrap();
+    let fds = [a.queues()[0].as_fd(), b.queues()[1].as_fd()];
+    let err = check_queues_with(&*k, &fds).unwrap_err();
+    assert!(err.to_string().contains("is bound to \"tap0\""), "{err}");
+    let single = open(&k, &OpenOptions::new()).unwrap();
+    let unbound = k.open_device(Path::new(TUN_PATH)).unwrap();
+    let err = check_queues_with(&*k, &[single.queues()[0].as_fd(), unbound.as_fd()]).unwrap_err();
+    assert!(err.to_string().contains("not multi-queue"), "{err}");
+    let err = check_queues_with(&*k, &[unbound.as_fd()]).unwrap_err();
+    assert!(err.to_string().contains("not bound"), "{err}");
+    assert!(check_queues_with(&*k, &[]).is_err());
+}
+
+#[test]
+fn persistent_create_and_delete() {
+    let k = fake();
+    let tun = Path::new(TUN_PATH);
+    let opts = PersistentOptions {
+        multi_queue: true,
+        vnet_hdr: true,
+        owner: Some(1000),
+        group: Some(100),
+    };
+    let info = create_persistent_with(&*k, tun, "p%d", &opts).unwrap();
+    assert_eq!(info.name, "p0");
+    assert!(info.persistent() && info.multi_queue() && info.vnet_hdr());
+    assert_eq!(k.open_fds(), 0);
+    let dev = &k.devices()["p0"];
+    assert_eq!(
+        (dev.owner, dev.group, dev.persist),
+        (Some(1000), Some(100), true)
+    );
+
+    // Creating it again is refused.
+    let err = create_persistent_with(&*k, tun, "p0", &opts).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EBUSY));
+
+    delete_persistent_with(&*k, tun, "p0").unwrap();
+    assert!(k.devices().is_empty());
+    assert_eq!(k.open_fds(), 0);
+
+    create_persistent_with(&*k, tun, "s0", &PersistentOptions::default()).unwrap();
+    delete_persistent_with(&*k, tun, "s0").unwrap();
+    assert!(k.devices().is_empty());
+
+    k.add_other_interface("veth0");
+    let err = delete_persistent_with(&*k, tun, "veth0").unwrap_err();
+    assert_eq!(err.to_string(), "\"veth0\" exists but is not a TAP device");
+    let err = delete_persistent_with(&*k, tun, "nope").unwrap_err();
+    assert!(matches!(err, Error::NoSuchInterface(_)));
+    assert_eq!(k.open_fds(), 0);
+}
+
+#[test]
+fn persistent_create_failing_midway_leaves_nothing() {
+    for op in [Op::SetOwner, Op::SetGroup, Op::SetPersist, Op::GetIff] {
+        let k = fake();
+        k.fail_op(op, 0, libc::EPERM);
+        let opts = PersistentOptions {
+            owner: Some(1),
+            group: Some(2),
+            ..PersistentOptions::default()
+        };
+        assert!(create_persistent_with(&*k, Path::new(TUN_PATH), "p0", &opts).is_err());
+        assert!(k.devices().is_empty(), "{op:?} left a device");
+        assert_eq!(k.open_fds(), 0);
+    }
+}
+
+#[test]
+fn queue_detach_and_attach() {
+    let k = fake();
+    let tap = open(&k, &OpenOptions::new().queues(2)).unwrap();
+    let q = &tap.queues()[1];
+    q.detach().unwrap();
+    assert!(q.detach().is_err(), "already detached");
+    q.attach().unwrap();
+    let err = q.attach().unwrap_err();
+    assert!(err.to_string().contains("TUNSETQUEUE(attach)"), "{err}");
+    let single = open(&k, &OpenOptions::new()).unwrap();
+    assert!(single.queues()[0].detach().is_err());
+}
+
+#[test]
+fn offloads_fall_back_like_qemu() {
+    let k = fake();
+    let tap = open(&k, &OpenOptions::new()).unwrap();
+    let q = &tap.queues()[0];
+    let all = Offloads::CSUM
+        | Offloads::TSO4
+        | Offloads::TSO6
+        | Offloads::TSO_ECN
+        | Offloads::UFO
+        | Offloads::USO4
+        | Offloads::USO6;
+    assert_eq!(q.set_offloads_with_fallback(all).unwrap(), all);
+    k.fail_op(Op::SetOffload, 1, libc::EINVAL);
+    let no_uso = all - Offloads::USO4 - Offloads::USO6;
+    assert_eq!(q.set_offloads_with_fallback(all).unwrap(), no_uso);
+    k.fail_op(Op::SetOffload, 3, libc::EINVAL);
+    k.fail_op(Op::SetOffload, 4, libc::EINVAL);
+    assert_eq!(
+        q.set_offloads_with_fallback(all).unwrap(),
+        no_uso - Offloads::UFO
+    );
+    q.set_vnet_hdr_size(12).unwrap();
+    assert!(q.set_vnet_hdr_size(4).is_err());
+}

@@ -1,0 +1,93 @@
+//! The syscall seam: every kernel call the tap model and the policy make,
+//! as a trait with the real kernel behind it ([`Kernel`]) and a scriptable
+//! fake for tests ([`crate::fake::FakeKernel`]).
+//!
+//! This is what Ganeti's `_ioctl=` and `_features_fn=` parameters were for,
+//! made a type.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use crate::sys::{self, Offloads, TunFlags};
+
+/// The kernel calls vmtap makes on TUN/TAP and vhost-net device nodes.
+pub trait Syscalls: Send + Sync {
+    /// Opens a device node read-write and close-on-exec.
+    fn open_device(&self, path: &Path) -> io::Result<OwnedFd>;
+    /// `TUNGETFEATURES`; `out` is zero on entry and receives the flags.
+    fn tun_get_features(&self, fd: BorrowedFd<'_>, out: &mut u32) -> io::Result<()>;
+    /// `TUNSETIFF`; returns the name of the interface the fd is bound to.
+    fn tun_set_iff(&self, fd: BorrowedFd<'_>, name: &str, flags: TunFlags) -> io::Result<String>;
+    /// `TUNGETIFF`: name and flags of a bound fd.
+    fn tun_get_iff(&self, fd: BorrowedFd<'_>) -> io::Result<(String, TunFlags)>;
+    /// `TUNSETPERSIST`.
+    fn tun_set_persist(&self, fd: BorrowedFd<'_>, persist: bool) -> io::Result<()>;
+    /// `TUNSETOWNER`.
+    fn tun_set_owner(&self, fd: BorrowedFd<'_>, uid: u32) -> io::Result<()>;
+    /// `TUNSETGROUP`.
+    fn tun_set_group(&self, fd: BorrowedFd<'_>, gid: u32) -> io::Result<()>;
+    /// `TUNSETOFFLOAD`.
+    fn tun_set_offload(&self, fd: BorrowedFd<'_>, offloads: Offloads) -> io::Result<()>;
+    /// `TUNSETVNETHDRSZ`.
+    fn tun_set_vnet_hdr_size(&self, fd: BorrowedFd<'_>, size: i32) -> io::Result<()>;
+    /// `TUNGETVNETHDRSZ`.
+    fn tun_get_vnet_hdr_size(&self, fd: BorrowedFd<'_>) -> io::Result<i32>;
+    /// `TUNSETSNDBUF`.
+    fn tun_set_sndbuf(&self, fd: BorrowedFd<'_>, size: i32) -> io::Result<()>;
+    /// `TUNSETQUEUE` with `IFF_ATTACH_QUEUE` (true) or `IFF_DETACH_QUEUE`.
+    fn tun_set_queue(&self, fd: BorrowedFd<'_>, attach: bool) -> io::Result<()>;
+    /// Whether an interface of that name exists in the caller's namespace.
+    fn interface_exists(&self, name: &str) -> io::Result<bool>;
+}
+
+/// The real kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kernel;
+
+impl Syscalls for Kernel {
+    fn open_device(&self, path: &Path) -> io::Result<OwnedFd> {
+        // std opens with O_CLOEXEC.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        Ok(OwnedFd::from(file))
+    }
+    fn tun_get_features(&self, fd: BorrowedFd<'_>, out: &mut u32) -> io::Result<()> {
+        sys::tun_get_features(fd, out)
+    }
+    fn tun_set_iff(&self, fd: BorrowedFd<'_>, name: &str, flags: TunFlags) -> io::Result<String> {
+        sys::tun_set_iff(fd, name, flags)
+    }
+    fn tun_get_iff(&self, fd: BorrowedFd<'_>) -> io::Result<(String, TunFlags)> {
+        sys::tun_get_iff(fd)
+    }
+    fn tun_set_persist(&self, fd: BorrowedFd<'_>, persist: bool) -> io::Result<()> {
+        sys::tun_set_persist(fd, persist)
+    }
+    fn tun_set_owner(&self, fd: BorrowedFd<'_>, uid: u32) -> io::Result<()> {
+        sys::tun_set_owner(fd, uid)
+    }
+    fn tun_set_group(&self, fd: BorrowedFd<'_>, gid: u32) -> io::Result<()> {
+        sys::tun_set_group(fd, gid)
+    }
+    fn tun_set_offload(&self, fd: BorrowedFd<'_>, offloads: Offloads) -> io::Result<()> {
+        sys::tun_set_offload(fd, offloads)
+    }
+    fn tun_set_vnet_hdr_size(&self, fd: BorrowedFd<'_>, size: i32) -> io::Result<()> {
+        sys::tun_set_vnet_hdr_size(fd, size)
+    }
+    fn tun_get_vnet_hdr_size(&self, fd: BorrowedFd<'_>) -> io::Result<i32> {
+        sys::tun_get_vnet_hdr_size(fd)
+    }
+    fn tun_set_sndbuf(&self, fd: BorrowedFd<'_>, size: i32) -> io::Result<()> {
+        sys::tun_set_sndbuf(fd, size)
+    }
+    fn tun_set_queue(&self, fd: BorrowedFd<'_>, attach: bool) -> io::Result<()> {
+        sys::tun_set_queue(fd, attach)
+    }
+    fn interface_exists(&self, name: &str) -> io::Result<bool> {
+        Ok(sys::interface_index(name)?.is_some())
+    }
+}

@@ -1,0 +1,418 @@
+//! The tap model: a queue is an owned fd bound to an interface; a tap is a
+//! name plus its queues (and vhost-net fds). Inspection, persistent taps,
+//! queue attach/detach, offloads and the vnet header size live here.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{BindMode, Error, Result, explain_bind, explain_ioctl, explain_open};
+use crate::open::validate_name;
+use crate::sys::{Offloads, TunFlags};
+use crate::syscalls::{Kernel, Syscalls};
+
+/// What `TUNGETIFF` says about a bound fd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapInfo {
+    /// The interface name.
+    pub name: String,
+    /// The device's flags (`PERSIST` included when persistent).
+    pub flags: TunFlags,
+}
+
+impl TapInfo {
+    /// A layer-2 TAP device (not a TUN).
+    pub fn is_tap(&self) -> bool {
+        self.flags.contains(TunFlags::TAP)
+    }
+    /// Packets carry no packet-information header.
+    pub fn no_pi(&self) -> bool {
+        self.flags.contains(TunFlags::NO_PI)
+    }
+    /// Packets carry a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.flags.contains(TunFlags::VNET_HDR)
+    }
+    /// A multi-queue device.
+    pub fn multi_queue(&self) -> bool {
+        self.flags.contains(TunFlags::MULTI_QUEUE)
+    }
+    /// The device outlives its fds.
+    pub fn persistent(&self) -> bool {
+        self.flags.contains(TunFlags::PERSIST)
+    }
+}
+
+/// One queue of a tap: an fd of `/dev/net/tun` bound to the interface.
+///
+/// Dropping it closes the fd; the kernel removes a non-persistent device
+/// when its last queue is closed.
+pub struct TapQueue {
+    fd: OwnedFd,
+    sys: Arc<dyn Syscalls>,
+}
+
+impl std::fmt::Debug for TapQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TapQueue").field("fd", &self.fd).finish()
+    }
+}
+
+impl AsFd for TapQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl From<TapQueue> for OwnedFd {
+    fn from(q: TapQueue) -> OwnedFd {
+        q.fd
+    }
+}
+
+fn ioctl_err(op: &'static str, ifname: &str, source: std::io::Error) -> Error {
+    Error::Ioctl {
+        op,
+        ifname: ifname.to_string(),
+        cause: explain_ioctl(&source),
+        source,
+    }
+}
+
+impl TapQueue {
+    /// Wraps an fd that is bound to a tap (for example one inherited from a
+    /// parent process); the real kernel is used for its ioctls.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            sys: Arc::new(Kernel),
+        }
+    }
+
+    pub(crate) fn with_sys(fd: OwnedFd, sys: Arc<dyn Syscalls>) -> Self {
+        Self { fd, sys }
+    }
+
+    /// `TUNGETIFF`: the interface name and flags.
+    pub fn info(&self) -> Result<TapInfo> {
+        inspect_fd_with(&*self.sys, self.fd.as_fd())
+    }
+
+    /// Detaches this queue (`TUNSETQUEUE` + `IFF_DETACH_QUEUE`): it stops
+    /// receiving packets but stays bound. Multi-queue taps only.
+    pub fn detach(&self) -> Result<()> {
+        self.sys
+            .tun_set_queue(self.fd.as_fd(), false)
+            .map_err(|e| ioctl_err("TUNSETQUEUE(detach)", &self.name_for_errors(), e))
+    }
+
+    /// Re-attaches a detached queue (`TUNSETQUEUE` + `IFF_ATTACH_QUEUE`).
+    pub fn attach(&self) -> Result<()> {
+        self.sys
+            .tun_set_queue(self.fd.as_fd(), true)
+            .map_err(|e| ioctl_err("TUNSETQUEUE(attach)", &self.name_for_errors(), e))
+    }
+
+    /// `TUNSETOFFLOAD` with exactly these offloads.
+    pub fn set_offloads(&self, offloads: Offloads) -> Result<()> {
+        self.sys
+            .tun_set_offload(self.fd.as_fd(), offloads)
+            .map_err(|e| ioctl_err("TUNSETOFFLOAD", &self.name_for_errors(), e))
+    }
+
+    /// Sets the offloads, falling back as QEMU does when the kernel refuses
+    /// some of them: first without USO4/USO6, then also without UFO.
+    /// Returns the offloads that were set.
+    pub fn set_offloads_with_fallback(&self, wanted: Offloads) -> Result<Offloads> {
+        let no_uso = wanted - (Offloads::USO4 | Offloads::USO6);
+        let no_ufo = no_uso - Offloads::UFO;
+        let mut last = None;
+        for candidate in [wanted, no_uso, no_ufo] {
+            if last.as_ref().is_some_and(|(c, _)| *c == candidate) {
+                continue;
+            }
+            match self.sys.tun_set_offload(self.fd.as_fd(), candidate) {
+                Ok(()) => return Ok(candidate),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    log::debug!("TUNSETOFFLOAD {candidate:?} refused, falling back");
+                    last = Some((candidate, e));
+                }
+                Err(e) => return Err(ioctl_err("TUNSETOFFLOAD", &self.name_for_errors(), e)),
+            }
+        }
+        let (_, e) = last.expect("at least one attempt was made");
+        Err(ioctl_err("TUNSETOFFLOAD", &self.name_for_errors(), e))
+    }
+
+    /// `TUNSETVNETHDRSZ` (the kernel accepts 10 or more).
+    pub fn set_vnet_hdr_size(&self, size: i32) -> Result<()> {
+        self.sys
+            .tun_set_vnet_hdr_size(self.fd.as_fd(), size)
+            .map_err(|e| ioctl_err("TUNSETVNETHDRSZ", &self.name_for_errors(), e))
+    }
+
+    /// `TUNGETVNETHDRSZ`.
+    pub fn vnet_hdr_size(&self) -> Result<i32> {
+        self.sys
+            .tun_get_vnet_hdr_size(self.fd.as_fd())
+            .map_err(|e| ioctl_err("TUNGETVNETHDRSZ", &self.name_for_errors(), e))
+    }
+
+    /// `TUNSETSNDBUF`.
+    pub fn set_sndbuf(&self, size: i32) -> Result<()> {
+        self.sys
+            .tun_set_sndbuf(self.fd.as_fd(), size)
+            .map_err(|e| ioctl_err("TUNSETSNDBUF", &self.name_for_errors(), e))
+    }
+
+    fn name_for_errors(&self) -> String {
+        self.sys
+            .tun_get_iff(self.fd.as_fd())
+            .map(|(n, _)| n)
+            .unwrap_or_default()
+    }
+}
+
+/// An opened tap: the interface name, one queue per fd, and (with vhost)
+/// one `/dev/vhost-net` fd per queue. Owns every fd; dropping it closes them.
+#[derive(Debug)]
+pub struct Tap {
+    pub(crate) name: String,
+    pub(crate) flags: TunFlags,
+    pub(crate) queues: Vec<TapQueue>,
+    pub(crate) vhost: Vec<OwnedFd>,
+}
+
+impl Tap {
+    /// The interface name (as the kernel chose it when a template was used).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The flags the device has (as `TUNSETIFF` set them or, when attaching
+    /// to an existing tap, as `TUNGETIFF` read them).
+    pub fn flags(&self) -> TunFlags {
+        self.flags
+    }
+    /// The queues, in order.
+    pub fn queues(&self) -> &[TapQueue] {
+        &self.queues
+    }
+    /// The vhost-net fds (empty without vhost), one per queue.
+    pub fn vhost_fds(&self) -> &[OwnedFd] {
+        &self.vhost
+    }
+    /// Ganeti's `(ifname, [tapfds], [vhostfds])`, as owned fds.
+    pub fn into_parts(self) -> (String, Vec<OwnedFd>, Vec<OwnedFd>) {
+        let fds = self.queues.into_iter().map(OwnedFd::from).collect();
+        (self.name, fds, self.vhost)
+    }
+    /// Checks with `TUNGETIFF` that the queues form one device with
+    /// consistent flags (see [`check_queues`]).
+    pub fn verify(&self) -> Result<TapInfo> {
+        let fds: Vec<BorrowedFd<'_>> = self.queues.iter().map(|q| q.as_fd()).collect();
+        match self.queues.first() {
+            Some(q) => check_queues_with(&*q.sys, &fds),
+            None => Err(Error::InconsistentQueues("no queues".into())),
+        }
+    }
+}
+
+/// `TUNGETIFF` on any fd: its interface name and flags, or a clear error
+/// when the fd is not a bound TUN/TAP fd.
+pub fn inspect_fd(fd: BorrowedFd<'_>) -> Result<TapInfo> {
+    inspect_fd_with(&Kernel, fd)
+}
+
+/// [`inspect_fd`] over any [`Syscalls`].
+pub fn inspect_fd_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> Result<TapInfo> {
+    match sys.tun_get_iff(fd) {
+        Ok((name, flags)) => Ok(TapInfo { name, flags }),
+        Err(source) => {
+            let cause = match source.raw_os_error() {
+                Some(libc::EBADFD) => "it is a /dev/net/tun fd not bound to any interface".into(),
+                Some(libc::ENOTTY) | Some(libc::EINVAL) => {
+                    "it is not an fd of /dev/net/tun (TUNGETIFF is not supported on it)".into()
+                }
+                Some(libc::EBADF) => "no such open fd".into(),
+                _ => source.to_string(),
+            };
+            Err(Error::NotATapFd {
+                fd: fd.as_raw_fd(),
+                cause,
+                source,
+            })
+        }
+    }
+}
+
+/// Checks that `fds` are all bound to the same TAP device and agree on its
+/// flags (multi-queue, vnet header, no-PI). QEMU only checks the vnet
+/// header; a stray fd would otherwise fail later in an obscure way.
+pub fn check_queues(fds: &[BorrowedFd<'_>]) -> Result<TapInfo> {
+    check_queues_with(&Kernel, fds)
+}
+
+/// [`check_queues`] over any [`Syscalls`].
+pub fn check_queues_with(sys: &dyn Syscalls, fds: &[BorrowedFd<'_>]) -> Result<TapInfo> {
+    let Some((first, rest)) = fds.split_first() else {
+        return Err(Error::InconsistentQueues("no fds were given".into()));
+    };
+    let info = inspect_fd_with(sys, *first)?;
+    if !info.is_tap() {
+        return Err(Error::InconsistentQueues(format!(
+            "\"{}\" is a TUN device, not a TAP",
+            info.name
+        )));
+    }
+    if rest.len() + 1 > 1 && !info.multi_queue() {
+        return Err(Error::InconsistentQueues(format!(
+            "{} fds were given but \"{}\" is not multi-queue",
+            fds.len(),
+            info.name
+        )));
+    }
+    let key = TunFlags::TAP | TunFlags::MULTI_QUEUE | TunFlags::VNET_HDR | TunFlags::NO_PI;
+    for fd in rest {
+        let other = inspect_fd_with(sys, *fd)?;
+        if other.name != info.name {
+            return Err(Error::InconsistentQueues(format!(
+                "fd {} is bound to \"{}\" but fd {} to \"{}\"",
+                first.as_raw_fd(),
+                info.name,
+                fd.as_raw_fd(),
+                other.name
+            )));
+        }
+        if other.flags & key != info.flags & key {
+            return Err(Error::InconsistentQueues(format!(
+                "fd {} has flags {:?} but fd {} has {:?}",
+                first.as_raw_fd(),
+                info.flags & key,
+                fd.as_raw_fd(),
+                other.flags & key
+            )));
+        }
+    }
+    Ok(info)
+}
+
+/// What a persistent tap is created with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PersistentOptions {
+    /// Multi-queue device.
+    pub multi_queue: bool,
+    /// Packets carry a virtio-net header.
+    pub vnet_hdr: bool,
+    /// uid allowed to open it without `CAP_NET_ADMIN`.
+    pub owner: Option<u32>,
+    /// gid allowed to open it without `CAP_NET_ADMIN` (with an owner too,
+    /// the user must match both).
+    pub group: Option<u32>,
+}
+
+/// Creates a persistent tap `name` (a `%d` template is allowed) that an
+/// unprivileged QEMU can then open by name, and returns what the kernel made.
+///
+/// Refuses an existing interface. Persistence is switched on last, so a
+/// failure in between leaves nothing behind.
+pub fn create_persistent(name: &str, opts: &PersistentOptions) -> Result<TapInfo> {
+    create_persistent_with(&Kernel, Path::new(crate::open::TUN_PATH), name, opts)
+}
+
+/// [`create_persistent`] over any [`Syscalls`] and tun device path.
+pub fn create_persistent_with(
+    sys: &dyn Syscalls,
+    tun_path: &Path,
+    name: &str,
+    opts: &PersistentOptions,
+) -> Result<TapInfo> {
+    validate_name(name, true)?;
+    let fd = open_tun(sys, tun_path)?;
+    let mut flags = TunFlags::TAP | TunFlags::NO_PI | TunFlags::TUN_EXCL;
+    flags.set(TunFlags::MULTI_QUEUE, opts.multi_queue);
+    flags.set(TunFlags::ONE_QUEUE, !opts.multi_queue);
+    flags.set(TunFlags::VNET_HDR, opts.vnet_hdr);
+    let ifname = sys
+        .tun_set_iff(fd.as_fd(), name, flags)
+        .map_err(|source| Error::Bind {
+            mode: BindMode::Create,
+            ifname: name.to_string(),
+            queue: 0,
+            cause: explain_bind(&source, BindMode::Create),
+            source,
+        })?;
+    if let Some(uid) = opts.owner {
+        sys.tun_set_owner(fd.as_fd(), uid)
+            .map_err(|e| ioctl_err("TUNSETOWNER", &ifname, e))?;
+    }
+    if let Some(gid) = opts.group {
+        sys.tun_set_group(fd.as_fd(), gid)
+            .map_err(|e| ioctl_err("TUNSETGROUP", &ifname, e))?;
+    }
+    sys.tun_set_persist(fd.as_fd(), true)
+        .map_err(|e| ioctl_err("TUNSETPERSIST", &ifname, e))?;
+    let info = inspect_fd_with(sys, fd.as_fd());
+    if info.is_err() {
+        // Undo persistence so that closing the fd removes the device.
+        let _ = sys.tun_set_persist(fd.as_fd(), false);
+    }
+    info
+}
+
+/// Deletes the persistent tap `name` (single- or multi-queue).
+///
+/// Refuses, with [`Error::NotATap`], an interface that is not a TAP device,
+/// and with [`Error::NoSuchInterface`] a name that does not exist.
+pub fn delete_persistent(name: &str) -> Result<()> {
+    delete_persistent_with(&Kernel, Path::new(crate::open::TUN_PATH), name)
+}
+
+/// [`delete_persistent`] over any [`Syscalls`] and tun device path.
+pub fn delete_persistent_with(sys: &dyn Syscalls, tun_path: &Path, name: &str) -> Result<()> {
+    validate_name(name, false)?;
+    if !exists(sys, name)? {
+        return Err(Error::NoSuchInterface(name.to_string()));
+    }
+    let mut last_err = None;
+    for mq in [false, true] {
+        let fd = open_tun(sys, tun_path)?;
+        let mut flags = TunFlags::TAP | TunFlags::NO_PI;
+        flags.set(TunFlags::MULTI_QUEUE, mq);
+        match sys.tun_set_iff(fd.as_fd(), name, flags) {
+            Ok(_) => {
+                let info = inspect_fd_with(sys, fd.as_fd())?;
+                if !info.persistent() {
+                    return Err(Error::NotPersistent(name.to_string()));
+                }
+                return sys
+                    .tun_set_persist(fd.as_fd(), false)
+                    .map_err(|e| ioctl_err("TUNSETPERSIST", name, e));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
+            Err(source) => {
+                return Err(Error::Bind {
+                    mode: BindMode::Attach,
+                    ifname: name.to_string(),
+                    queue: 0,
+                    cause: explain_bind(&source, BindMode::Attach),
+                    source,
+                });
+            }
+        }
+    }
+    log::debug!("TUNSETIFF on {name:?} refused both ways: {last_err:?}");
+    Err(Error::NotATap(name.to_string()))
+}
+
+pub(crate) fn exists(sys: &dyn Syscalls, name: &str) -> Result<bool> {
+    sys.interface_exists(name)
+        .map_err(|e| ioctl_err("interface lookup", name, e))
+}
+
+pub(crate) fn open_tun(sys: &dyn Syscalls, path: &Path) -> Result<OwnedFd> {
+    sys.open_device(path).map_err(|source| Error::OpenDevice {
+        path: path.to_path_buf(),
+        cause: explain_open(&source, "tun"),
+        source,
+    })
+}
