@@ -2,6 +2,7 @@
 //!
 //! It models the TUN driver's rules that the policy depends on (create or
 //! attach by name, `%d` templates, `IFF_TUN_EXCL`, multi-queue mismatch,
+//! the first attacher setting the feature flags,
 //! single-queue `EBUSY`, 256 queues, persistence, `TUNSETQUEUE`), records
 //! every call, and can fail any chosen call with any errno.
 //!
@@ -356,6 +357,12 @@ impl Syscalls for FakeKernel {
             }
             if dev.queues.len() >= 256 {
                 return Err(errno(libc::E2BIG));
+            }
+            // As tun.c: the first queue to attach sets the feature flags;
+            // later ones get the device's as they are.
+            if dev.queues.is_empty() {
+                let features = TunFlags::NO_PI | TunFlags::ONE_QUEUE | TunFlags::VNET_HDR;
+                dev.flags = (dev.flags - features) | (flags & features);
             }
             dev.queues.push(ino);
         } else {

@@ -316,6 +316,16 @@ fn attach_existing_attaches_and_verifies_flags() {
     drop(tap);
     assert_eq!(k.devices()["p0"].queue_fds(), 0, "persistent tap stays");
 
+    // With nobody attached the first attacher sets the flags; with a user
+    // holding queues, different flags are reported, not silently accepted.
+    let _holder = open(
+        &k,
+        &OpenOptions::new()
+            .name("p0")
+            .queues(2)
+            .attach_existing(true),
+    )
+    .unwrap();
     let err = open(
         &k,
         &OpenOptions::new()
@@ -342,7 +352,7 @@ fn attach_existing_attaches_and_verifies_flags() {
 
     let err = open(&k, &OpenOptions::new().name("nope").attach_existing(true)).unwrap_err();
     assert!(matches!(err, Error::NoSuchInterface(_)), "{err}");
-    assert_eq!(k.open_fds(), 0);
+    assert_eq!(k.open_fds(), 2);
     assert_eq!(k.devices().keys().collect::<Vec<_>>(), vec!["p0"]);
 }
 

@@ -1,0 +1,96 @@
+//! Helpers for tests on real devices: each test runs on a thread that has
+//! entered a fresh network namespace, so it never touches the host's
+//! interfaces and tests can run in parallel.
+//!
+//! Needs CAP_SYS_ADMIN: run as root, or as a user inside `unshare -Urn`.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+/// Runs `f` on a new thread inside a new, empty network namespace.
+pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        vmtap::sys::unshare_network_namespace()
+            .expect("unshare(CLONE_NEWNET): run the tests as root (or under `unshare -Urn`)");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Runs a command in the calling thread's namespace; returns stdout, or
+/// Err(stderr) when it fails.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `ip ARGS` in the calling thread's namespace; panics on failure.
+pub fn ip(args: &[&str]) -> String {
+    run("ip", args).unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
+}
+
+/// Names of the interfaces in the calling thread's namespace.
+pub fn interfaces() -> Vec<String> {
+    let mut names: Vec<String> = ip(&["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether `name` exists in the calling thread's namespace.
+pub fn exists(name: &str) -> bool {
+    run("ip", &["link", "show", "dev", name]).is_ok()
+}
+
+/// `ip -d link show dev NAME` in the calling thread's namespace.
+pub fn ip_details(name: &str) -> String {
+    ip(&["-d", "link", "show", "dev", name])
+}
+
+/// Runs a shell snippet with a fresh sysfs mounted in a private mount
+/// namespace, so that /sys/class/net shows *this* network namespace
+/// (a sysfs mounted elsewhere shows the namespace of whoever mounted it).
+pub fn with_sysfs(script: &str) -> String {
+    let full = format!("mount -t sysfs sysfs /sys && {script}");
+    run(
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &full],
+    )
+    .unwrap_or_else(|e| panic!("sysfs script {script:?}: {e}"))
+}
+
+/// Number of attached queues of `name`, counted in sysfs (`queues/tx-N`).
+pub fn sysfs_tx_queues(name: &str) -> usize {
+    with_sysfs(&format!("ls /sys/class/net/{name}/queues"))
+        .split_whitespace()
+        .filter(|q| q.starts_with("tx-"))
+        .count()
+}
+
+/// `/sys/class/net/NAME/FILE` from this namespace's sysfs.
+pub fn sysfs_read(name: &str, file: &str) -> String {
+    with_sysfs(&format!("cat /sys/class/net/{name}/{file}"))
+        .trim()
+        .to_string()
+}
+
+/// Open fds of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Creates a veth pair `a`/`b` in the calling thread's namespace.
+pub fn veth(a: &str, b: &str) {
+    ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+}

@@ -1,0 +1,122 @@
+//! Failure paths on real devices leave no fd and no interface behind.
+//!
+//! One test function in its own binary: it counts the whole process's fds,
+//! which other tests running in parallel would disturb.
+
+mod common;
+
+use common::*;
+use vmtap::{Error, OpenOptions, PersistentOptions, VnetHdr, create_persistent};
+
+#[test]
+fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
+    in_netns(|| {
+        veth("ve0", "ve1");
+        create_persistent(
+            "pmq0",
+            &PersistentOptions {
+                multi_queue: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Another user holds two queues without vnet headers.
+        let holder = OpenOptions::new()
+            .name("pmq0")
+            .queues(2)
+            .vnet_hdr(VnetHdr::Off)
+            .attach_existing(true)
+            .open()
+            .unwrap();
+        let before_ifs = interfaces();
+        let before_fds = fd_count();
+
+        let cases: Vec<(&str, OpenOptions, &str)> = vec![
+            (
+                "vhost-net missing",
+                OpenOptions::new()
+                    .queues(4)
+                    .vhost(true)
+                    .vhost_path("/nonexistent/vhost-net"),
+                "vhost-net is not available on this host",
+            ),
+            (
+                "vhost stand-in that is a directory",
+                OpenOptions::new().queues(2).vhost(true).vhost_path("/"),
+                "vhost-net is not available",
+            ),
+            (
+                "name exists as a veth",
+                OpenOptions::new().name("ve0").queues(3),
+                "already exists",
+            ),
+            (
+                "attach to a veth",
+                OpenOptions::new()
+                    .name("ve0")
+                    .queues(3)
+                    .attach_existing(true),
+                "not a TAP device",
+            ),
+            (
+                "attach with the wrong vnet_hdr",
+                OpenOptions::new()
+                    .name("pmq0")
+                    .queues(3)
+                    .vnet_hdr(VnetHdr::On)
+                    .attach_existing(true),
+                "vnet_hdr is off but on was asked",
+            ),
+            (
+                "tun device missing",
+                OpenOptions::new().tun_path("/nonexistent/tun"),
+                "tun module",
+            ),
+            (
+                "too many queues",
+                OpenOptions::new().queues(257),
+                "must be 1 to 256",
+            ),
+            ("bad name", OpenOptions::new().name("a:b"), "contains ':'"),
+        ];
+        for (what, opts, words) in cases {
+            let err: Error = opts.open().unwrap_err();
+            assert!(err.to_string().contains(words), "{what}: {err}");
+            assert_eq!(fd_count(), before_fds, "{what}: fd leaked");
+            assert_eq!(interfaces(), before_ifs, "{what}: interface left behind");
+        }
+
+        // Queue k fails half-way on a real device: with 254 more queues the
+        // tap is full (256); asking 3 more fails at the kernel (E2BIG) on
+        // the first, and asking for 254 + 3 in one call fails at queue 254.
+        let full = OpenOptions::new()
+            .name("pmq0")
+            .queues(254)
+            .attach_existing(true)
+            .open()
+            .unwrap();
+        let after_full = fd_count();
+        let err = OpenOptions::new()
+            .name("pmq0")
+            .queues(3)
+            .attach_existing(true)
+            .open()
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(libc::E2BIG), "{err}");
+        assert!(err.to_string().contains("256 queues"), "{err}");
+        assert_eq!(fd_count(), after_full);
+        drop(full);
+        assert_eq!(fd_count(), before_fds);
+        let err = OpenOptions::new()
+            .name("pmq0")
+            .queues(255)
+            .attach_existing(true)
+            .open()
+            .unwrap_err();
+        assert!(err.to_string().contains("(queue 254)"), "{err}");
+        assert_eq!(fd_count(), before_fds);
+        assert_eq!(interfaces(), before_ifs);
+        drop(holder);
+        vmtap::delete_persistent("pmq0").unwrap();
+    });
+}

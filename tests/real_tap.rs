@@ -1,0 +1,305 @@
+//! The library on real TAP devices, each test in its own network namespace.
+
+mod common;
+
+use std::os::fd::AsFd;
+
+use common::*;
+use vmtap::{
+    Error, Features, OpenOptions, PersistentOptions, TunFlags, VnetHdr, check_queues,
+    create_persistent, delete_persistent, inspect_fd, open_tap, tun_features,
+};
+
+#[test]
+fn kernel_features_include_tap_vnet_hdr_and_multi_queue() {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    let f = tun_features(tun.as_fd()).expect("TUNGETFEATURES works on an unbound fd");
+    assert!(
+        f.contains(TunFlags::TAP | TunFlags::NO_PI | TunFlags::VNET_HDR | TunFlags::MULTI_QUEUE)
+    );
+}
+
+#[test]
+fn one_device_with_n_queues_for_n_in_1_2_8_256() {
+    for n in [1usize, 2, 8, 256] {
+        in_netns(move || {
+            let tap = open_tap(
+                None,
+                &Features {
+                    queues: n,
+                    ..Features::default()
+                },
+            )
+            .unwrap();
+            let name = tap.name().to_string();
+            assert_eq!(name, "tap0", "kernel-chosen name in a fresh namespace");
+            assert_eq!(tap.queues().len(), n);
+            // The kernel's view: one device, n queues, the flags asked.
+            assert_eq!(interfaces(), vec!["lo".to_string(), name.clone()]);
+            let details = ip_details(&name);
+            assert!(
+                details.contains("tun type tap pi off vnet_hdr on"),
+                "{details}"
+            );
+            assert_eq!(sysfs_tx_queues(&name), n);
+            let flags =
+                u32::from_str_radix(sysfs_read(&name, "tun_flags").trim_start_matches("0x"), 16)
+                    .unwrap();
+            let flags = TunFlags::from_bits_retain(flags);
+            assert_eq!(flags.contains(TunFlags::MULTI_QUEUE), n > 1);
+            assert!(flags.contains(TunFlags::VNET_HDR | TunFlags::NO_PI | TunFlags::TAP));
+            // TUNGETIFF on every fd.
+            for q in tap.queues() {
+                let info = q.info().unwrap();
+                assert_eq!(info.name, name);
+                assert!(info.is_tap() && info.no_pi() && info.vnet_hdr());
+                assert_eq!(info.multi_queue(), n > 1);
+                assert!(!info.persistent());
+            }
+            let fds: Vec<_> = tap.queues().iter().map(|q| q.as_fd()).collect();
+            assert_eq!(check_queues(&fds).unwrap().name, name);
+            drop(fds);
+            drop(tap);
+            assert!(
+                !exists(&name),
+                "the device is gone once the fds are dropped"
+            );
+        });
+    }
+}
+
+#[test]
+fn templates_and_vnet_hdr_off() {
+    in_netns(|| {
+        let a = OpenOptions::new()
+            .name("vm%d")
+            .vnet_hdr(VnetHdr::Off)
+            .open()
+            .unwrap();
+        let b = OpenOptions::new().name("vm%d").queues(2).open().unwrap();
+        assert_eq!((a.name(), b.name()), ("vm0", "vm1"));
+        assert!(!a.queues()[0].info().unwrap().vnet_hdr());
+        assert!(ip_details("vm0").contains("vnet_hdr off"));
+        assert!(b.queues()[1].info().unwrap().vnet_hdr());
+    });
+}
+
+#[test]
+fn a_second_user_of_a_name_is_refused() {
+    in_netns(|| {
+        let first = OpenOptions::new().name("vm0").queues(2).open().unwrap();
+        let err = OpenOptions::new().name("vm0").queues(2).open().unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EBUSY));
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(sysfs_tx_queues("vm0"), 2, "nothing attached");
+        drop(first);
+    });
+}
+
+#[test]
+fn names_the_kernel_would_mangle_are_refused_before_any_syscall() {
+    in_netns(|| {
+        for bad in ["a/b", "abcdefghijklmnopq", "a b", ".."] {
+            let err = OpenOptions::new().name(bad).open().unwrap_err();
+            assert!(matches!(err, Error::InvalidName { .. }), "{err}");
+        }
+        assert_eq!(interfaces(), vec!["lo"]);
+    });
+}
+
+#[test]
+fn persistent_multi_queue_tap_with_owner_and_group() {
+    in_netns(|| {
+        let opts = PersistentOptions {
+            multi_queue: true,
+            vnet_hdr: true,
+            owner: Some(4242),
+            group: Some(4343),
+        };
+        let info = create_persistent("pq0", &opts).unwrap();
+        assert!(info.persistent() && info.multi_queue() && info.vnet_hdr());
+        assert_eq!(sysfs_read("pq0", "owner"), "4242");
+        assert_eq!(sysfs_read("pq0", "group"), "4343");
+        assert!(ip_details("pq0").contains("persist on"));
+
+        // Attach 4 queues on purpose: the tap gets them, then keeps existing.
+        let tap = OpenOptions::new()
+            .name("pq0")
+            .queues(4)
+            .attach_existing(true)
+            .open()
+            .unwrap();
+        assert_eq!(sysfs_tx_queues("pq0"), 4);
+        assert!(tap.flags().contains(TunFlags::VNET_HDR));
+        drop(tap);
+        assert!(exists("pq0"));
+
+        // While a user holds queues, a second one asking other flags would
+        // get the device's flags silently: reported instead. (With no queue
+        // attached, the kernel lets the first attacher set them.)
+        let holder = OpenOptions::new()
+            .name("pq0")
+            .queues(2)
+            .attach_existing(true)
+            .open()
+            .unwrap();
+        let err = OpenOptions::new()
+            .name("pq0")
+            .queues(2)
+            .vnet_hdr(VnetHdr::Off)
+            .attach_existing(true)
+            .open()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("vnet_hdr is on but off was asked"),
+            "{err}"
+        );
+        let err = OpenOptions::new()
+            .name("pq0")
+            .attach_existing(true)
+            .open()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("multi-queue setting differs"),
+            "{err}"
+        );
+        assert_eq!(sysfs_tx_queues("pq0"), 2);
+        drop(holder);
+
+        delete_persistent("pq0").unwrap();
+        assert!(!exists("pq0"));
+
+        create_persistent("ps0", &PersistentOptions::default()).unwrap();
+        assert!(!ip_details("ps0").contains("multi_queue"));
+        delete_persistent("ps0").unwrap();
+        assert_eq!(interfaces(), vec!["lo"]);
+
+        veth("ve0", "ve1");
+        let err = delete_persistent("ve0").unwrap_err();
+        assert_eq!(err.to_string(), "\"ve0\" exists but is not a TAP device");
+        assert!(exists("ve0"));
+        let err = delete_persistent("nope0").unwrap_err();
+        assert!(matches!(err, Error::NoSuchInterface(_)));
+        assert!(!exists("nope0"), "delete never creates");
+    });
+}
+
+#[test]
+fn deleting_a_tap_in_use_that_is_not_persistent_is_refused() {
+    in_netns(|| {
+        let tap = OpenOptions::new().name("busy0").queues(2).open().unwrap();
+        let err = delete_persistent("busy0").unwrap_err();
+        assert!(matches!(err, Error::NotPersistent(_)), "{err}");
+        assert_eq!(sysfs_tx_queues("busy0"), 2);
+        drop(tap);
+    });
+}
+
+/// The kernel selftest's queue lifecycle (tools/testing/selftests/net/tun.c).
+#[test]
+fn queue_lifecycle_matches_the_kernel_selftest() {
+    let open2 = || OpenOptions::new().name("lc0").queues(2).open().unwrap();
+    let del = || ip(&["link", "del", "lc0"]);
+    in_netns(move || {
+        // delete link, then detach: EINVAL
+        let tap = open2();
+        del();
+        let err = tap.queues()[1].detach().unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+        drop(tap);
+
+        // detach, then delete
+        let tap = open2();
+        tap.queues()[0].detach().unwrap();
+        assert_eq!(sysfs_tx_queues("lc0"), 1, "a detached queue is not counted");
+        del();
+        assert!(!exists("lc0"));
+        drop(tap);
+
+        // detach, close, delete
+        let tap = open2();
+        tap.queues()[0].detach().unwrap();
+        let (_, mut fds, _) = tap.into_parts();
+        fds.remove(0);
+        del();
+        drop(fds);
+
+        // detach, re-attach, delete
+        let tap = open2();
+        tap.queues()[1].detach().unwrap();
+        tap.queues()[1].attach().unwrap();
+        assert_eq!(sysfs_tx_queues("lc0"), 2);
+        del();
+        drop(tap);
+
+        // detach, re-attach, close, delete
+        let tap = open2();
+        tap.queues()[1].detach().unwrap();
+        tap.queues()[1].attach().unwrap();
+        let (_, mut fds, _) = tap.into_parts();
+        fds.pop();
+        del();
+        drop(fds);
+        assert_eq!(interfaces(), vec!["lo"]);
+    });
+}
+
+#[test]
+fn offloads_and_vnet_header_size() {
+    in_netns(|| {
+        let tap = OpenOptions::new()
+            .name("off0")
+            .vnet_hdr(VnetHdr::On)
+            .open()
+            .unwrap();
+        let q = &tap.queues()[0];
+        let all = vmtap::Offloads::all();
+        let set = q.set_offloads_with_fallback(all).unwrap();
+        assert!(set.contains(vmtap::Offloads::CSUM | vmtap::Offloads::TSO4));
+        // TSO without CSUM is refused by the kernel.
+        assert!(q.set_offloads(vmtap::Offloads::TSO4).is_err());
+        q.set_vnet_hdr_size(12).unwrap();
+        assert_eq!(q.vnet_hdr_size().unwrap(), 12);
+        assert!(q.set_vnet_hdr_size(4).is_err());
+        q.set_sndbuf(1 << 20).unwrap();
+    });
+}
+
+#[test]
+fn inspecting_fds_that_are_not_taps_is_a_clear_error() {
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    let err = inspect_fd(file.as_fd()).unwrap_err();
+    assert!(
+        err.to_string().contains("not an fd of /dev/net/tun"),
+        "{err}"
+    );
+    let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    assert!(inspect_fd(sock.as_fd()).is_err());
+    let unbound = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    let err = inspect_fd(unbound.as_fd()).unwrap_err();
+    assert!(err.to_string().contains("not bound"), "{err}");
+}
+
+#[test]
+fn existing_veth_is_never_taken_over() {
+    in_netns(|| {
+        veth("vx0", "vx1");
+        let err = OpenOptions::new().name("vx0").open().unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EBUSY));
+        let err = OpenOptions::new()
+            .name("vx0")
+            .attach_existing(true)
+            .open()
+            .unwrap_err();
+        assert!(err.to_string().contains("not a TAP device"), "{err}");
+        assert!(ip_details("vx0").contains("veth"));
+    });
+}
