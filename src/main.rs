@@ -1,3 +1,468 @@
-fn main() {
-    println!("Hello, world!");
+//! The `vmtap` command: open TAP backends and hand them to QEMU.
+//!
+//! Thin by design: it turns arguments into library calls, and errors into
+//! one line on stderr with exit code 2 (invalid arguments, nothing touched)
+//! or 1 (a failure from the system).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use vmtap::link::{self, LinkError, LinkOptions, MacAddr};
+use vmtap::{OpenOptions, PersistentOptions, TapInfo, VnetHdr};
+
+const AFTER_HELP: &str = "\
+Examples:
+  vmtap features --json
+  vmtap open --queues 4 --up -- qemu-system-x86_64 ... -netdev {netdev} -device virtio-net-pci,{device}
+  vmtap open --bridge br0 --vhost -- qemu-system-x86_64 ... -netdev {netdev} -device virtio-net-pci,{device}
+  vmtap create vm1tap --multi-queue --vnet-hdr --owner qemu
+  vmtap inspect vm1tap --json
+  vmtap delete vm1tap";
+
+#[derive(Parser, Debug)]
+#[command(name = "vmtap", version, about = "Open TAP network backends for QEMU/KVM virtual machines", after_help = AFTER_HELP)]
+struct Cli {
+    /// Log each step on stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what the kernel's TUN driver supports.
+    #[command(after_help = "Examples:\n  vmtap features\n  vmtap features --json")]
+    Features {
+        /// Print JSON: flags, tap, vnet_hdr, multi_queue, vhost_net.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        paths: DevicePaths,
+    },
+    /// Open a tap, set up its host side, then exec PROGRAM with the fds.
+    #[command(after_help = OPEN_HELP)]
+    Open(OpenArgs),
+    /// Create a persistent tap that an unprivileged QEMU can open by name.
+    #[command(
+        after_help = "Examples:\n  vmtap create vm1tap --multi-queue --vnet-hdr --owner qemu --group kvm\n  qemu-system-x86_64 ... -netdev tap,id=n0,ifname=vm1tap,script=no,downscript=no,queues=4"
+    )]
+    Create {
+        /// Interface name (a `%d` template lets the kernel number it).
+        name: String,
+        /// Multi-queue device.
+        #[arg(long)]
+        multi_queue: bool,
+        /// Packets carry a virtio-net header.
+        #[arg(long)]
+        vnet_hdr: bool,
+        /// User (name or uid) allowed to open it.
+        #[arg(long, value_name = "USER|UID")]
+        owner: Option<String>,
+        /// Group (name or gid) allowed to open it.
+        #[arg(long, value_name = "GROUP|GID")]
+        group: Option<String>,
+        #[command(flatten)]
+        paths: DevicePaths,
+    },
+    /// Delete a persistent tap (refuses anything that is not a tap).
+    #[command(after_help = "Example:\n  vmtap delete vm1tap")]
+    Delete {
+        /// Interface name.
+        name: String,
+        #[command(flatten)]
+        paths: DevicePaths,
+    },
+    /// Show a tap's settings, by name or by an inherited fd.
+    #[command(
+        after_help = "Examples:\n  vmtap inspect vm1tap --json\n  vmtap inspect --fd 3 --json 3<>/dev/net/tun"
+    )]
+    Inspect {
+        /// Interface name.
+        #[arg(required_unless_present = "fd", conflicts_with = "fd")]
+        name: Option<String>,
+        /// An fd this process inherited.
+        #[arg(long, value_name = "N")]
+        fd: Option<i32>,
+        /// Print JSON: ifname, persistent, owner, group, multi_queue, vnet_hdr, queues.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const OPEN_HELP: &str = "\
+In PROGRAM's arguments these are replaced:
+  {ifname}    the interface name
+  {fds}       the tap fd numbers joined with ':'
+  {vhostfds}  the vhost-net fd numbers joined with ':'
+  {netdev}    a QEMU -netdev value: tap,id=ID,fd=N or tap,id=ID,fds=A:B:...
+              (plus ,vhost=on,vhostfd(s)=... with --vhost)
+  {device}    the virtio-net options: netdev=ID (plus ,mq=on,vectors=2N+2)
+
+Examples:
+  vmtap open --queues 2 --up -- qemu-system-x86_64 -m 256 -kernel vmlinuz \\
+      -netdev {netdev} -device virtio-net-pci,{device}
+  vmtap open --name vm1 --bridge br0 --vhost --queues 4 -- qemu-system-x86_64 ... \\
+      -netdev {netdev} -device virtio-net-pci,{device},mac=52:54:00:12:34:56
+  vmtap open --name vm1tap --attach-existing --queues 4 -- ...";
+
+#[derive(Args, Debug, Clone)]
+struct DevicePaths {
+    /// The TUN clone device.
+    #[arg(long, value_name = "PATH", default_value = vmtap::open::TUN_PATH, env = "VMTAP_TUN", hide = true)]
+    tun_device: PathBuf,
+    /// The vhost-net device.
+    #[arg(long, value_name = "PATH", default_value = vmtap::open::VHOST_NET_PATH, env = "VMTAP_VHOST_NET")]
+    vhost_device: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct OpenArgs {
+    /// Interface name or `%d` template (default: the kernel picks tapN).
+    #[arg(long)]
+    name: Option<String>,
+    /// Number of queues (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    queues: u16,
+    /// Virtio-net header: auto (when supported), on, off.
+    #[arg(long, default_value = "auto", value_parser = parse_vnet_hdr)]
+    vnet_hdr: VnetHdr,
+    /// Open one /dev/vhost-net fd per queue too.
+    #[arg(long)]
+    vhost: bool,
+    /// Attach to an existing tap (e.g. persistent) instead of refusing it.
+    #[arg(long)]
+    attach_existing: bool,
+    /// QEMU netdev id used in {netdev} and {device}.
+    #[arg(long, default_value = "net0")]
+    id: String,
+    /// MTU of the tap (default with --bridge: the bridge's).
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// MAC of the tap (default with --bridge: its own with first byte 0xfe).
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<MacAddr>,
+    /// Enslave the tap to this bridge (and bring it up).
+    #[arg(long, value_name = "BR")]
+    bridge: Option<String>,
+    /// Bring the link up.
+    #[arg(long)]
+    up: bool,
+    #[command(flatten)]
+    paths: DevicePaths,
+    /// The program to exec, and its arguments.
+    #[arg(last = true, value_name = "PROGRAM ARGS")]
+    program: Vec<String>,
+}
+
+fn parse_vnet_hdr(s: &str) -> Result<VnetHdr, String> {
+    s.parse().map_err(|e: vmtap::Error| e.to_string())
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, String> {
+    s.parse().map_err(|e: LinkError| e.to_string())
+}
+
+/// A failure of the command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Core(#[from] vmtap::Error),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Core(e) if e.is_invalid_input() => 2,
+            Self::Link(LinkError::InvalidMac(_)) | Self::Invalid(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The message and its causes on one line, without repeating a cause the
+/// message already contains.
+fn one_line(err: &CliError) -> String {
+    let mut line = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmtap: {}", one_line(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    use std::io::Write;
+    let level = if verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "vmtap: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            )
+        })
+        .init();
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Features { json, paths } => features(json, &paths),
+        Command::Open(args) => open(args),
+        Command::Create {
+            name,
+            multi_queue,
+            vnet_hdr,
+            owner,
+            group,
+            paths,
+        } => {
+            let opts = PersistentOptions {
+                multi_queue,
+                vnet_hdr,
+                owner: owner.as_deref().map(resolve_user).transpose()?,
+                group: group.as_deref().map(resolve_group).transpose()?,
+            };
+            let sys = vmtap::Kernel;
+            let info = vmtap::tap::create_persistent_with(&sys, &paths.tun_device, &name, &opts)?;
+            log::debug!("created persistent tap {}", info.name);
+            println!("{}", info.name);
+            Ok(())
+        }
+        Command::Delete { name, paths } => {
+            vmtap::tap::delete_persistent_with(&vmtap::Kernel, &paths.tun_device, &name)?;
+            log::debug!("deleted {name}");
+            Ok(())
+        }
+        Command::Inspect { name, fd, json } => inspect(name, fd, json),
+    }
+}
+
+fn resolve_user(s: &str) -> Result<u32, CliError> {
+    if let Ok(uid) = s.parse() {
+        return Ok(uid);
+    }
+    vmtap::sys::user_id(s)
+        .map_err(|source| CliError::Io {
+            what: format!("looking up user \"{s}\""),
+            source,
+        })?
+        .ok_or_else(|| CliError::Invalid(format!("no user named \"{s}\"")))
+}
+
+fn resolve_group(s: &str) -> Result<u32, CliError> {
+    if let Ok(gid) = s.parse() {
+        return Ok(gid);
+    }
+    vmtap::sys::group_id(s)
+        .map_err(|source| CliError::Io {
+            what: format!("looking up group \"{s}\""),
+            source,
+        })?
+        .ok_or_else(|| CliError::Invalid(format!("no group named \"{s}\"")))
+}
+
+fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
+    use vmtap::syscalls::Syscalls;
+    let tun = vmtap::Kernel
+        .open_device(&paths.tun_device)
+        .map_err(|source| CliError::Io {
+            what: format!("cannot open {}", paths.tun_device.display()),
+            source,
+        })?;
+    let flags = vmtap::tun_features(tun.as_fd());
+    let has = |f: vmtap::TunFlags| flags.is_some_and(|x| x.contains(f));
+    let vhost = vmtap::Kernel.open_device(&paths.vhost_device);
+    if let Err(e) = &vhost {
+        log::debug!("{}: {e}", paths.vhost_device.display());
+    }
+    let out = json!({
+        "flags": flags.map(|f| f.bits()),
+        "tun": has(vmtap::TunFlags::TUN),
+        "tap": has(vmtap::TunFlags::TAP),
+        "no_pi": has(vmtap::TunFlags::NO_PI),
+        "vnet_hdr": has(vmtap::TunFlags::VNET_HDR),
+        "multi_queue": has(vmtap::TunFlags::MULTI_QUEUE),
+        "napi": has(vmtap::TunFlags::NAPI),
+        "vhost_net": vhost.is_ok(),
+    });
+    if as_json {
+        println!("{out}");
+    } else {
+        for (k, v) in out.as_object().into_iter().flatten() {
+            println!("{k}: {v}");
+        }
+    }
+    Ok(())
+}
+
+fn open(args: OpenArgs) -> Result<(), CliError> {
+    let Some((program, program_args)) = args.program.split_first() else {
+        return Err(CliError::Invalid(
+            "vmtap open needs a PROGRAM after -- (the tap would vanish when vmtap exits; \
+             use `vmtap create` for a tap that stays)"
+                .into(),
+        ));
+    };
+    let mut opts = OpenOptions::new()
+        .queues(usize::from(args.queues))
+        .vnet_hdr(args.vnet_hdr)
+        .vhost(args.vhost)
+        .attach_existing(args.attach_existing)
+        .tun_path(&args.paths.tun_device)
+        .vhost_path(&args.paths.vhost_device);
+    if let Some(name) = &args.name {
+        opts = opts.name(name);
+    }
+    opts.validate()?;
+    if args.id.is_empty() || args.id.contains([',', '=']) {
+        return Err(CliError::Invalid(format!(
+            "invalid --id \"{}\": must be non-empty, without ',' or '='",
+            args.id
+        )));
+    }
+
+    let tap = opts.open()?;
+    log::debug!(
+        "opened {} with {} queue(s), flags {:?}",
+        tap.name(),
+        tap.queues().len(),
+        tap.flags()
+    );
+    let link_opts = LinkOptions {
+        mtu: args.mtu,
+        mac: args.mac,
+        bridge: args.bridge.clone(),
+        up: args.up,
+    };
+    // On failure `tap` is dropped here: its fds close and the kernel removes
+    // the interface, so nothing is left half-configured.
+    link::configure(tap.name(), &link_opts)?;
+    let info: TapInfo = tap.verify()?;
+    log::debug!(
+        "verified {} fd(s) of {} with TUNGETIFF",
+        tap.queues().len(),
+        info.name
+    );
+
+    let (ifname, tap_fds, vhost_fds) = tap.into_parts();
+    let nums = |fds: &[OwnedFd]| fds.iter().map(|f| f.as_raw_fd()).collect::<Vec<i32>>();
+    let (tap_nums, vhost_nums) = (nums(&tap_fds), nums(&vhost_fds));
+    let netdev = vmtap::qemu::netdev_arg(&args.id, &tap_nums, &vhost_nums);
+    let device = vmtap::qemu::device_opts(&args.id, tap_nums.len());
+    let fds = vmtap::qemu::join_fds(&tap_nums);
+    let vhostfds = vmtap::qemu::join_fds(&vhost_nums);
+    let expand = |a: &String| {
+        a.replace("{ifname}", &ifname)
+            .replace("{fds}", &fds)
+            .replace("{vhostfds}", &vhostfds)
+            .replace("{netdev}", &netdev)
+            .replace("{device}", &device)
+    };
+    let argv: Vec<String> = program_args.iter().map(expand).collect();
+
+    for fd in tap_fds.iter().chain(&vhost_fds) {
+        vmtap::sys::set_cloexec(fd.as_fd(), false).map_err(|source| CliError::Io {
+            what: "clearing close-on-exec".into(),
+            source,
+        })?;
+    }
+    log::debug!("exec {program} {argv:?}");
+    let err = std::process::Command::new(program).args(&argv).exec();
+    Err(CliError::Io {
+        what: format!("cannot run \"{program}\""),
+        source: err,
+    })
+}
+
+fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), CliError> {
+    let out = match (name, fd) {
+        (_, Some(n)) => {
+            let dup = vmtap::sys::dup_inherited_fd(n).map_err(|source| CliError::Io {
+                what: format!("fd {n} is not open"),
+                source,
+            })?;
+            let info = vmtap::inspect_fd(dup.as_fd()).map_err(|e| match e {
+                vmtap::Error::NotATapFd { cause, source, .. } => vmtap::Error::NotATapFd {
+                    fd: n,
+                    cause,
+                    source,
+                },
+                other => other,
+            })?;
+            // Owner, group and queue count come from netlink, when the fd's
+            // device is in this network namespace.
+            let tun = link::tun_info(&info.name)
+                .ok()
+                .filter(|t| t.multi_queue == info.multi_queue() && t.vnet_hdr == info.vnet_hdr());
+            json!({
+                "ifname": info.name,
+                "persistent": info.persistent(),
+                "owner": tun.as_ref().and_then(|t| t.owner),
+                "group": tun.as_ref().and_then(|t| t.group),
+                "multi_queue": info.multi_queue(),
+                "vnet_hdr": info.vnet_hdr(),
+                "queues": tun.as_ref().map(|t| t.queues),
+            })
+        }
+        (Some(name), None) => {
+            vmtap::validate_name(&name, false)?;
+            let t = link::tun_info(&name)?;
+            json!({
+                "ifname": name,
+                "persistent": t.persist,
+                "owner": t.owner,
+                "group": t.group,
+                "multi_queue": t.multi_queue,
+                "vnet_hdr": t.vnet_hdr,
+                "queues": t.queues,
+            })
+        }
+        (None, None) => return Err(CliError::Invalid("inspect needs NAME or --fd N".into())),
+    };
+    if as_json {
+        println!("{out}");
+    } else {
+        for (k, v) in out.as_object().into_iter().flatten() {
+            println!("{k}: {v}");
+        }
+    }
+    Ok(())
 }

@@ -311,6 +311,57 @@ pub fn unshare_network_namespace() -> io::Result<()> {
     check(unsafe { libc::unshare(libc::CLONE_NEWNET) })
 }
 
+/// The uid of user `name` (through NSS, as `getpwnam_r`), or `None`.
+pub fn user_id(name: &str) -> io::Result<Option<u32>> {
+    let Ok(cname) = CString::new(name) else {
+        return Ok(None);
+    };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: `passwd` is a plain C struct; all-zero is a valid value.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: the name is NUL-terminated,
+    // `buf` is writable for `buf.len()` bytes, and `pwd`/`result` are live.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!result.is_null()).then_some(pwd.pw_uid))
+}
+
+/// The gid of group `name` (through NSS, as `getgrnam_r`), or `None`.
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let Ok(cname) = CString::new(name) else {
+        return Ok(None);
+    };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: `group` is a plain C struct; all-zero is a valid value.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in `user_id`: valid name, writable buffer, live out-params.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!result.is_null()).then_some(grp.gr_gid))
+}
+
 #[cfg(test)]
 // `libc::Ioctl` is `c_ulong` on glibc but `c_int` on musl: the casts are
 // needed there.
@@ -365,6 +416,13 @@ mod tests {
         let req = ifreq("tap-é1", TunFlags::TAP | TunFlags::TUN_EXCL);
         assert_eq!(ifreq_name(&req), "tap-é1");
         assert_eq!(ifreq_flags(&req), TunFlags::TAP | TunFlags::TUN_EXCL);
+    }
+
+    #[test]
+    fn root_user_and_group_resolve() {
+        assert_eq!(user_id("root").unwrap(), Some(0));
+        assert_eq!(group_id("root").unwrap(), Some(0));
+        assert_eq!(user_id("no-such-user-vmtap").unwrap(), None);
     }
 
     #[test]
