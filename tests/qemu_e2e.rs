@@ -1,0 +1,275 @@
+//! End to end: `vmtap open` starts a real QEMU guest on the tap, and the
+//! guest answers ping. Each test in its own network namespace.
+//!
+//! Skipped when QEMU or the guest is missing, unless VMTAP_REQUIRE_QEMU=1
+//! (set by .ci/run), where that is a failure.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The guest's kernel and initrd, or `None` (skip) when QEMU or the guest
+/// is not available and the environment does not require them.
+fn guest() -> Option<(PathBuf, PathBuf)> {
+    let required = std::env::var("VMTAP_REQUIRE_QEMU").is_ok_and(|v| v == "1");
+    let dir = PathBuf::from(
+        std::env::var("VMTAP_GUEST_DIR").unwrap_or_else(|_| "/var/tmp/vmtap-guest".into()),
+    );
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initrd.img");
+    let qemu = run("sh", &["-c", "command -v qemu-system-x86_64"]).is_ok();
+    if qemu && kernel.exists() && initrd.exists() {
+        return Some((kernel, initrd));
+    }
+    let why = format!(
+        "qemu-system-x86_64 present: {qemu}; guest in {}: {} (build it with scripts/build-guest)",
+        dir.display(),
+        kernel.exists()
+    );
+    assert!(!required, "QEMU test required but cannot run: {why}");
+    eprintln!("skipping QEMU test: {why}");
+    None
+}
+
+/// A QEMU started through `vmtap open`, with its serial console read on a
+/// thread. Killed when dropped.
+struct Vm {
+    child: Child,
+    lines: Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Vm {
+    fn start(vmtap_args: &[&str], ip: &str, extra_device: &str) -> Vm {
+        let (kernel, initrd) = guest().expect("checked by the caller");
+        let append = format!("console=ttyS0 panic=-1 quiet vmtap.ip={ip}");
+        let device = format!("virtio-net-pci,{{device}}{extra_device}");
+        let mut args: Vec<&str> = vec!["open"];
+        args.extend_from_slice(vmtap_args);
+        let kernel = kernel.to_str().unwrap();
+        let initrd = initrd.to_str().unwrap();
+        args.extend_from_slice(&[
+            "--",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+            kernel,
+            "-initrd",
+            initrd,
+            "-append",
+            &append,
+            "-netdev",
+            "{netdev}",
+            "-device",
+            &device,
+        ]);
+        let mut child = Command::new(VMTAP)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmtap");
+        let (tx, rx) = channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(format!("stderr: {l}"));
+            }
+        });
+        Vm {
+            child,
+            lines: rx,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a console line containing `needle` that satisfies `ok`.
+    fn wait_for(&mut self, needle: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(needle) && ok(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no console line with {needle:?}; QEMU said:\n{}",
+            self.log.join("\n")
+        );
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops QEMU and waits for it.
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_gone(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while exists(name) {
+        assert!(
+            Instant::now() < deadline,
+            "{name} still exists after QEMU exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ping(src: Option<&str>, dst: &str) -> bool {
+    let mut args = vec!["-c", "3", "-W", "2", "-i", "0.3"];
+    if let Some(s) = src {
+        args.extend_from_slice(&["-I", s]);
+    }
+    args.push(dst);
+    run("ping", &args).is_ok()
+}
+
+/// Sum of interrupts per virtio input queue, from a `VMTAP-IRQ` line.
+fn irq_counts(line: &str) -> Vec<u64> {
+    line.split_whitespace()
+        .filter(|w| w.contains("-input."))
+        .filter_map(|w| w.rsplit('=').next()?.parse().ok())
+        .collect()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_queues_guest_answers_ping_and_both_queues_carry_traffic() {
+    if guest().is_none() {
+        return;
+    }
+    in_netns(|| {
+        let mut vm = Vm::start(
+            &["--name", "vt0", "--queues", "2", "--up"],
+            "10.77.1.2/24",
+            "",
+        );
+        let nic = vm.wait_for("VMTAP-NIC eth0 up", |_| true);
+        assert!(
+            nic.contains("rx-0 rx-1 tx-0 tx-1"),
+            "guest has 2 queue pairs: {nic}"
+        );
+        let cmd = cmdline(vm.pid());
+        assert!(cmd.contains("tap,id=net0,fds="), "{cmd}");
+        assert!(
+            cmd.contains("virtio-net-pci,netdev=net0,mq=on,vectors=6"),
+            "{cmd}"
+        );
+        assert_eq!(sysfs_tx_queues("vt0"), 2, "QEMU kept both queues attached");
+        assert!(ip_details("vt0").contains("state UNKNOWN") || ip_details("vt0").contains(",UP"));
+
+        ip(&["addr", "add", "10.77.1.1/24", "dev", "vt0"]);
+        assert!(ping(None, "10.77.1.2"), "guest answers ping over the tap");
+        // Several flows (one per source address) spread over both queues.
+        for i in 11..27 {
+            let src = format!("10.77.1.{i}");
+            ip(&["addr", "add", &format!("{src}/24"), "dev", "vt0"]);
+            assert!(ping(Some(&src), "10.77.1.2"));
+        }
+        let line = vm.wait_for("VMTAP-IRQ", |l| {
+            let c = irq_counts(l);
+            c.len() == 2 && c.iter().all(|&n| n > 0)
+        });
+        eprintln!("per-queue interrupts in the guest: {line}");
+
+        vm.stop();
+        wait_gone("vt0");
+        assert_eq!(interfaces(), vec!["lo"]);
+    });
+}
+
+#[test]
+fn one_queue_through_a_bridge() {
+    if guest().is_none() {
+        return;
+    }
+    in_netns(|| {
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["link", "set", "br0", "mtu", "1400"]);
+        ip(&["addr", "add", "10.77.2.1/24", "dev", "br0"]);
+        ip(&["link", "set", "br0", "up"]);
+        let mut vm = Vm::start(&["--name", "vt1", "--bridge", "br0"], "10.77.2.2/24", "");
+        let nic = vm.wait_for("VMTAP-NIC eth0 up", |_| true);
+        assert!(nic.contains("rx-0 tx-0"), "{nic}");
+        let cmd = cmdline(vm.pid());
+        assert!(cmd.contains("tap,id=net0,fd="), "{cmd}");
+        assert!(!cmd.contains("fds=") && !cmd.contains("mq=on"), "{cmd}");
+        let d = ip_details("vt1");
+        assert!(d.contains("master br0") && d.contains("mtu 1400"), "{d}");
+        assert!(d.contains("link/ether fe:"), "MAC first byte 0xfe: {d}");
+        assert!(
+            ping(None, "10.77.2.2"),
+            "guest reachable through the bridge"
+        );
+        vm.stop();
+        wait_gone("vt1");
+    });
+}
+
+#[test]
+fn a_qemu_command_line_mistake_makes_qemu_exit_and_the_tap_vanish() {
+    if guest().is_none() {
+        return;
+    }
+    in_netns(|| {
+        let mut vm = Vm::start(
+            &["--name", "vt2", "--queues", "2"],
+            "10.77.3.2/24",
+            ",no_such_property=1",
+        );
+        let status = vm.child.wait().unwrap();
+        assert!(!status.success());
+        let said = vm.wait_for("no_such_property", |_| true);
+        assert!(said.contains("stderr"), "{said}");
+        wait_gone("vt2");
+        assert_eq!(interfaces(), vec!["lo"]);
+    });
+}
