@@ -289,12 +289,17 @@ pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> 
     let queues = opts.features.queues;
     let name = opts.name.as_deref().unwrap_or("");
 
-    if opts.attach_existing && !exists(&*sys, name)? {
-        return Err(Error::NoSuchInterface(name.to_string()));
-    }
-
-    let first = open_tun(&*sys, &opts.tun_path)?;
-    let features = tun_features_with(&*sys, first.as_fd());
+    let mut first = open_tun(&*sys, &opts.tun_path)?;
+    let features = {
+        let mut f = 0u32;
+        match sys.clone_device_features(first.as_fd(), &mut f) {
+            Ok(()) => Some(TunFlags::from_bits_retain(f)),
+            Err(e) => {
+                log::warn!("ioctl(TUNGETFEATURES) failed: {e}");
+                None
+            }
+        }
+    };
     let supported = |flag: TunFlags| features.is_some_and(|f| f.contains(flag));
 
     let vnet_hdr = match opts.features.vnet_hdr {
@@ -338,12 +343,25 @@ pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> 
     } else {
         flags | TunFlags::TUN_EXCL
     };
-    let ifname = bind(&*sys, first.as_fd(), name, first_flags, first_mode, 0)?;
+    let mut ifname = bind(&*sys, first.as_fd(), name, first_flags, first_mode, 0)?;
     log::debug!("queue 0 bound to {ifname} with {first_flags:?}");
 
     let mut device_flags = flags;
     if opts.attach_existing {
-        let info = inspect_fd_with(&*sys, first.as_fd())?;
+        let mut info = inspect_fd_with(&*sys, first.as_fd())?;
+        if !info.persistent() {
+            // Either a tap in use by someone else, or no such interface and
+            // TUNSETIFF just created one. Closing our fd removes it in the
+            // second case; then the name tells which it was. (Checking
+            // first would cost a socket on every open of a persistent tap.)
+            drop(first);
+            if !exists(&*sys, name)? {
+                return Err(Error::NoSuchInterface(name.to_string()));
+            }
+            first = open_tun(&*sys, &opts.tun_path)?;
+            ifname = bind(&*sys, first.as_fd(), name, first_flags, first_mode, 0)?;
+            info = inspect_fd_with(&*sys, first.as_fd())?;
+        }
         device_flags = info.flags;
         check_existing(&ifname, opts.features.vnet_hdr, multi_queue, &info.flags)?;
     }

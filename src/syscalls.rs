@@ -8,6 +8,7 @@
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sys::{self, Offloads, TunFlags};
 
@@ -17,6 +18,13 @@ pub trait Syscalls: Send + Sync {
     fn open_device(&self, path: &Path) -> io::Result<OwnedFd>;
     /// `TUNGETFEATURES`; `out` is zero on entry and receives the flags.
     fn tun_get_features(&self, fd: BorrowedFd<'_>, out: &mut u32) -> io::Result<()>;
+    /// `TUNGETFEATURES` on an fd the caller just opened from the TUN clone
+    /// device. The real kernel answers this from a per-process cache after
+    /// the first success (the driver's features do not change); the default
+    /// asks every time.
+    fn clone_device_features(&self, fd: BorrowedFd<'_>, out: &mut u32) -> io::Result<()> {
+        self.tun_get_features(fd, out)
+    }
     /// `TUNSETIFF`; returns the name of the interface the fd is bound to.
     fn tun_set_iff(&self, fd: BorrowedFd<'_>, name: &str, flags: TunFlags) -> io::Result<String>;
     /// `TUNGETIFF`: name and flags of a bound fd.
@@ -56,6 +64,21 @@ impl Syscalls for Kernel {
     }
     fn tun_get_features(&self, fd: BorrowedFd<'_>, out: &mut u32) -> io::Result<()> {
         sys::tun_get_features(fd, out)
+    }
+    /// The TUN driver's features cannot change while the module is loaded
+    /// (and it cannot be unloaded while this process holds a tun fd), so
+    /// the first successful answer on a clone-device fd is kept.
+    fn clone_device_features(&self, fd: BorrowedFd<'_>, out: &mut u32) -> io::Result<()> {
+        static CACHE: AtomicU64 = AtomicU64::new(0);
+        const KNOWN: u64 = 1 << 32;
+        let cached = CACHE.load(Ordering::Relaxed);
+        if cached & KNOWN != 0 {
+            *out = cached as u32;
+            return Ok(());
+        }
+        sys::tun_get_features(fd, out)?;
+        CACHE.store(KNOWN | u64::from(*out), Ordering::Relaxed);
+        Ok(())
     }
     fn tun_set_iff(&self, fd: BorrowedFd<'_>, name: &str, flags: TunFlags) -> io::Result<String> {
         sys::tun_set_iff(fd, name, flags)
