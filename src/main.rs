@@ -257,8 +257,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let opts = PersistentOptions {
                 multi_queue,
                 vnet_hdr,
-                owner: owner.as_deref().map(resolve_user).transpose()?,
-                group: group.as_deref().map(resolve_group).transpose()?,
+                owner: owner
+                    .as_deref()
+                    .map(|o| resolve_id(o, "user", vmtap::sys::user_id))
+                    .transpose()?,
+                group: group
+                    .as_deref()
+                    .map(|g| resolve_id(g, "group", vmtap::sys::group_id))
+                    .transpose()?,
             };
             let sys = vmtap::Kernel;
             let info = vmtap::tap::create_persistent_with(&sys, &paths.tun_device, &name, &opts)?;
@@ -275,28 +281,21 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-fn resolve_user(s: &str) -> Result<u32, CliError> {
-    if let Ok(uid) = s.parse() {
-        return Ok(uid);
+/// A numeric id, or a name looked up with `lookup` ("user" or "group").
+fn resolve_id(
+    s: &str,
+    kind: &str,
+    lookup: fn(&str) -> std::io::Result<Option<u32>>,
+) -> Result<u32, CliError> {
+    if let Ok(id) = s.parse() {
+        return Ok(id);
     }
-    vmtap::sys::user_id(s)
+    lookup(s)
         .map_err(|source| CliError::Io {
-            what: format!("looking up user \"{s}\""),
+            what: format!("looking up {kind} \"{s}\""),
             source,
         })?
-        .ok_or_else(|| CliError::Invalid(format!("no user named \"{s}\"")))
-}
-
-fn resolve_group(s: &str) -> Result<u32, CliError> {
-    if let Ok(gid) = s.parse() {
-        return Ok(gid);
-    }
-    vmtap::sys::group_id(s)
-        .map_err(|source| CliError::Io {
-            what: format!("looking up group \"{s}\""),
-            source,
-        })?
-        .ok_or_else(|| CliError::Invalid(format!("no group named \"{s}\"")))
+        .ok_or_else(|| CliError::Invalid(format!("no {kind} named \"{s}\"")))
 }
 
 fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
