@@ -23,9 +23,11 @@
 
 pub mod error;
 pub mod fake;
+pub mod hotplug;
 pub mod link;
 pub mod open;
 pub mod qemu;
+pub mod qmp;
 pub mod sys;
 pub mod syscalls;
 pub mod tap;

@@ -77,6 +77,9 @@ enum Command {
         #[command(flatten)]
         paths: DevicePaths,
     },
+    /// Hot-plug a NIC into a running QEMU over QMP, or remove it.
+    #[command(subcommand)]
+    Hotplug(HotplugCmd),
     /// Show a tap's settings, by name or by an inherited fd.
     #[command(
         after_help = "Examples:\n  vmtap inspect vm1tap --json\n  vmtap inspect --fd 3 --json 3<>/dev/net/tun"
@@ -92,6 +95,70 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum HotplugCmd {
+    /// Open a tap and hot-add it as a NIC: getfd, netdev_add, device_add.
+    #[command(
+        after_help = "Example:\n  vmtap hotplug add --qmp /run/vm1.qmp --id nic1 --queues 2 --bridge br0 --json"
+    )]
+    Add(HotplugAddArgs),
+    /// Hot-remove a NIC: device_del, wait for DEVICE_DELETED, netdev_del.
+    #[command(after_help = "Example:\n  vmtap hotplug del --qmp /run/vm1.qmp --id nic1")]
+    Del {
+        /// QEMU's QMP unix socket.
+        #[arg(long, value_name = "PATH")]
+        qmp: PathBuf,
+        /// Device and netdev id.
+        #[arg(long)]
+        id: String,
+        /// Seconds to wait for QEMU (and for the guest to release the device).
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+}
+
+#[derive(Args, Debug)]
+struct HotplugAddArgs {
+    /// QEMU's QMP unix socket.
+    #[arg(long, value_name = "PATH")]
+    qmp: PathBuf,
+    /// Device and netdev id.
+    #[arg(long)]
+    id: String,
+    /// Number of queues (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    queues: u16,
+    /// Open one /dev/vhost-net fd per queue too.
+    #[arg(long)]
+    vhost: bool,
+    /// Virtio-net header: auto (when supported), on, off.
+    #[arg(long, default_value = "auto", value_parser = parse_vnet_hdr)]
+    vnet_hdr: VnetHdr,
+    /// Guest MAC address.
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<MacAddr>,
+    /// Device driver.
+    #[arg(long, default_value = "virtio-net-pci")]
+    driver: String,
+    /// Interface name or `%d` template (default: the kernel picks tapN).
+    #[arg(long)]
+    name: Option<String>,
+    /// Bring the host link up.
+    #[arg(long)]
+    up: bool,
+    /// Enslave the tap to this bridge (and bring it up).
+    #[arg(long, value_name = "BR")]
+    bridge: Option<String>,
+    /// Print JSON: ifname, id.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for each QMP answer.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    #[command(flatten)]
+    paths: DevicePaths,
 }
 
 const OPEN_HELP: &str = "\
@@ -174,6 +241,10 @@ enum CliError {
     Core(#[from] vmtap::Error),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Hotplug(#[from] vmtap::hotplug::HotplugError),
+    #[error(transparent)]
+    Qmp(#[from] vmtap::qmp::QmpError),
     #[error("{0}")]
     Invalid(String),
     #[error("{what}: {source}")]
@@ -189,6 +260,7 @@ impl CliError {
         match self {
             Self::Core(e) if e.is_invalid_input() => 2,
             Self::Link(LinkError::InvalidMac(_)) | Self::Invalid(_) => 2,
+            Self::Hotplug(e) if e.is_invalid_input() => 2,
             _ => 1,
         }
     }
@@ -278,6 +350,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Inspect { name, fd, json } => inspect(name, fd, json),
+        Command::Hotplug(HotplugCmd::Add(args)) => hotplug_add(args),
+        Command::Hotplug(HotplugCmd::Del { qmp, id, timeout }) => {
+            vmtap::hotplug::validate_id(&id)?;
+            let t = seconds(timeout)?;
+            let mut conn = vmtap::qmp::Qmp::connect(&qmp, t)?;
+            vmtap::hotplug::del(&mut conn, &id, t)?;
+            Ok(())
+        }
     }
 }
 
@@ -409,6 +489,49 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
         what: format!("cannot run \"{program}\""),
         source: err,
     })
+}
+
+fn seconds(s: f64) -> Result<std::time::Duration, CliError> {
+    std::time::Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| CliError::Invalid(format!("invalid --timeout {s}: must be positive")))
+}
+
+fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
+    let mut open = OpenOptions::new()
+        .queues(usize::from(args.queues))
+        .vnet_hdr(args.vnet_hdr)
+        .vhost(args.vhost)
+        .tun_path(&args.paths.tun_device)
+        .vhost_path(&args.paths.vhost_device);
+    if let Some(name) = &args.name {
+        open = open.name(name);
+    }
+    let opts = vmtap::hotplug::HotplugOptions {
+        id: args.id.clone(),
+        open,
+        link: LinkOptions {
+            mtu: None,
+            mac: None,
+            bridge: args.bridge.clone(),
+            up: args.up,
+        },
+        driver: args.driver.clone(),
+        mac: args.mac,
+    };
+    // Invalid input is refused before anything is opened or connected.
+    vmtap::hotplug::validate_id(&opts.id)?;
+    opts.open.validate()?;
+    let t = seconds(args.timeout)?;
+    let mut conn = vmtap::qmp::Qmp::connect(&args.qmp, t)?;
+    let ifname = vmtap::hotplug::add(&mut conn, &opts)?;
+    if args.json {
+        println!("{}", json!({ "ifname": ifname, "id": args.id }));
+    } else {
+        println!("{ifname}");
+    }
+    Ok(())
 }
 
 fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), CliError> {

@@ -1,0 +1,300 @@
+//! NIC hot-plug into a real running QEMU over QMP, in a private network
+//! namespace. Skipped without QEMU/guest unless VMTAP_REQUIRE_QEMU=1.
+//!
+//! Work in progress (issue 4): runs only with VMTAP_HOTPLUG_E2E=1 until it
+//! passes. Known failure: after `hotplug add --vhost` fails on a missing
+//! vhost device (before any QMP command), QEMU's fd count is 3 higher.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
+
+fn guest() -> Option<(PathBuf, PathBuf)> {
+    let required = std::env::var("VMTAP_REQUIRE_QEMU").is_ok_and(|v| v == "1");
+    let dir = PathBuf::from(
+        std::env::var("VMTAP_GUEST_DIR").unwrap_or_else(|_| "/var/tmp/vmtap-guest".into()),
+    );
+    let (k, i) = (dir.join("vmlinuz"), dir.join("initrd.img"));
+    let qemu = run("sh", &["-c", "command -v qemu-system-x86_64"]).is_ok();
+    if qemu && k.exists() && i.exists() {
+        return Some((k, i));
+    }
+    assert!(
+        !required,
+        "QEMU test required but QEMU or the guest is missing"
+    );
+    eprintln!("skipping: QEMU or the guest is missing (scripts/build-guest)");
+    None
+}
+
+struct Qemu {
+    child: Child,
+    lines: Receiver<String>,
+    log: Vec<String>,
+    qmp: PathBuf,
+}
+
+impl Qemu {
+    fn start(dir: &Path, ip: &str) -> Qemu {
+        let (kernel, initrd) = guest().unwrap();
+        let qmp = dir.join("qmp.sock");
+        let mut child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max",
+                "-smp",
+                "2",
+                "-m",
+                "256",
+                "-nographic",
+                "-no-reboot",
+                "-nic",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args([
+                "-append",
+                &format!("console=ttyS0 panic=-1 quiet vmtap.ip={ip}"),
+            ])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Qemu {
+            child,
+            lines: rx,
+            log: Vec::new(),
+            qmp,
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no console line with {needle:?}:\n{}", self.log.join("\n"));
+    }
+
+    fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    /// QEMU's fd count once it has settled on `want` (QEMU closes its side
+    /// of a finished QMP connection a moment after the client exits), or
+    /// what it is after 3 s.
+    fn fds_settled(&self, want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let n = self.fd_count();
+            if n == want || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn vmtap(&self, args: &[&str]) -> Output {
+        let qmp = self.qmp.to_str().unwrap();
+        let mut all = vec!["hotplug", args[0], "--qmp", qmp];
+        all.extend_from_slice(&args[1..]);
+        Command::new(VMTAP).args(&all).output().unwrap()
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn hot_add_ping_remove_failures_and_cycles_leave_nothing() {
+    if std::env::var("VMTAP_HOTPLUG_E2E").as_deref() != Ok("1") {
+        eprintln!(
+            "skipping: hot-plug end-to-end is work in progress (VMTAP_HOTPLUG_E2E=1 runs it)"
+        );
+        return;
+    }
+    if guest().is_none() {
+        return;
+    }
+    in_netns(|| {
+        let dir = std::env::temp_dir().join(format!("vmtap-hp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut vm = Qemu::start(&dir, "10.77.4.2/24");
+        vm.wait_for("VMTAP-BOOTED");
+        let base_fds = vm.fd_count();
+        let base_ifs = interfaces();
+
+        // Add two queues; the guest sees the NIC and answers ping.
+        let out = ok(&vm.vmtap(&[
+            "add", "--id", "nic1", "--queues", "2", "--name", "hp0", "--up", "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["ifname"].as_str(), v["id"].as_str()),
+            (Some("hp0"), Some("nic1"))
+        );
+        let nic = vm.wait_for("VMTAP-NIC eth0 up");
+        assert!(nic.contains("rx-0 rx-1 tx-0 tx-1"), "{nic}");
+        ip(&["addr", "add", "10.77.4.1/24", "dev", "hp0"]);
+        assert!(
+            run("ping", &["-c", "3", "-W", "2", "10.77.4.2"]).is_ok(),
+            "guest answers on the hot-added NIC"
+        );
+
+        ok(&vm.vmtap(&["del", "--id", "nic1"]));
+        vm.wait_for("VMTAP-NIC-GONE eth0");
+        assert!(!exists("hp0"), "tap gone from the host");
+        assert_eq!(
+            vm.fds_settled(base_fds),
+            base_fds,
+            "QEMU holds no leftover fd"
+        );
+
+        // Failures: each leaves QEMU's fds and the host's interfaces as they were.
+        ok(&vm.vmtap(&["add", "--id", "busy", "--name", "hp1"]));
+        let busy_fds = vm.fds_settled(base_fds + 1);
+        let busy_ifs = interfaces();
+        let cases: &[(&[&str], &str)] = &[
+            (&["add", "--id", "busy"], "netdev_add"),
+            (
+                &["add", "--id", "nic2", "--driver", "no-such-nic"],
+                "device_add",
+            ),
+            (
+                &[
+                    "add",
+                    "--id",
+                    "nic3",
+                    "--vhost",
+                    "--vhost-device",
+                    "/nonexistent",
+                ],
+                "vhost-net is not available",
+            ),
+            (
+                &["add", "--id", "nic4", "--bridge", "nobr0"],
+                "no interface named \"nobr0\"",
+            ),
+            (&["del", "--id", "nothere"], "device_del"),
+        ];
+        for (args, words) in cases {
+            let e = err(&vm.vmtap(args));
+            assert!(e.contains(words), "{args:?}: {e}");
+            assert_eq!(
+                vm.fds_settled(busy_fds),
+                busy_fds,
+                "{args:?}: QEMU fd leaked"
+            );
+            assert_eq!(interfaces(), busy_ifs, "{args:?}: host interface left");
+        }
+        // Invalid input: exit 2, nothing opened.
+        for args in [
+            &["add", "--id", "x", "--mac", "nope"][..],
+            &["add", "--id", "x", "--queues", "300"],
+        ] {
+            let o = vm.vmtap(args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}");
+        }
+        ok(&vm.vmtap(&["del", "--id", "busy"]));
+        vm.wait_for("VMTAP-NIC-GONE");
+        assert_eq!(vm.fds_settled(base_fds), base_fds);
+
+        // A socket that is not QMP, and one that closes mid-way.
+        let fake = dir.join("notqmp.sock");
+        let listener = UnixListener::bind(&fake).unwrap();
+        let server = std::thread::spawn(move || {
+            for (i, conn) in listener.incoming().take(2).enumerate() {
+                let mut c = conn.unwrap();
+                if i == 0 {
+                    let _ = c.write_all(b"SSH-2.0-OpenSSH\r\n");
+                } else {
+                    let _ = c.write_all(b"{\"QMP\": {\"version\": {}}}\r\n");
+                }
+            }
+        });
+        for words in ["not a QMP socket", "closed the QMP connection"] {
+            let o = Command::new(VMTAP)
+                .args([
+                    "hotplug",
+                    "add",
+                    "--qmp",
+                    fake.to_str().unwrap(),
+                    "--id",
+                    "z",
+                    "--timeout",
+                    "3",
+                ])
+                .output()
+                .unwrap();
+            let e = err(&o);
+            assert!(e.contains(words), "{e}");
+            assert_eq!(interfaces(), base_ifs);
+        }
+        server.join().unwrap();
+
+        // Cycles on the same QEMU.
+        let cycles: usize = std::env::var("VMTAP_HOTPLUG_CYCLES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(50);
+        for i in 0..cycles {
+            ok(&vm.vmtap(&["add", "--id", "cyc", "--queues", "2"]));
+            ok(&vm.vmtap(&["del", "--id", "cyc", "--timeout", "30"]));
+            assert_eq!(interfaces(), base_ifs, "cycle {i}");
+        }
+        assert_eq!(vm.fds_settled(base_fds), base_fds, "after {cycles} cycles");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
