@@ -111,10 +111,14 @@ impl Qmp {
         line.push('\n');
         log::debug!("QMP -> {}", line.trim_end());
         let step = format!("sending {command}");
+        let write_err = |step: String, source: io::Error| match source.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => QmpError::Closed(step),
+            _ => QmpError::Io { step, source },
+        };
         if fds.is_empty() {
             self.stream
                 .write_all(line.as_bytes())
-                .map_err(|source| QmpError::Io { step, source })?;
+                .map_err(|e| write_err(step, e))?;
         } else {
             let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
             let mut control = SendAncillaryBuffer::new(&mut space);
@@ -125,13 +129,10 @@ impl Qmp {
                 &mut control,
                 SendFlags::NOSIGNAL,
             )
-            .map_err(|e| QmpError::Io {
-                step: step.clone(),
-                source: e.into(),
-            })?;
+            .map_err(|e| write_err(step.clone(), e.into()))?;
             self.stream
                 .write_all(&line.as_bytes()[sent..])
-                .map_err(|source| QmpError::Io { step, source })?;
+                .map_err(|e| write_err(step, e))?;
         }
         let waiting = format!("waiting for the reply to {command}");
         loop {
