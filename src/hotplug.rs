@@ -5,13 +5,16 @@
 //! neither side keeps a leftover fd and no tap stays on the host.
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::link::{self, LinkError, LinkOptions, MacAddr};
-use crate::open::OpenOptions;
+use crate::open::{OpenOptions, open_tap_with};
 use crate::qmp::{Qmp, QmpError};
+use crate::syscalls::{Kernel, Syscalls};
+use crate::tap::Tap;
 
 /// Errors of hot-plug.
 #[derive(Debug, thiserror::Error)]
@@ -76,14 +79,38 @@ pub fn validate_id(id: &str) -> Result<(), HotplugError> {
     }
 }
 
-/// Hot-adds a NIC; returns the host interface name.
+/// Hot-adds a NIC: opens the tap, sets up its host side, then [`plug`]s
+/// it. Returns the host interface name. On any failure nothing is left in
+/// QEMU (as far as the connection allows) and no tap on the host.
 pub fn add(qmp: &mut Qmp, opts: &HotplugOptions) -> Result<String, HotplugError> {
+    add_with(Arc::new(Kernel), qmp, opts)
+}
+
+/// [`add`] over any [`Syscalls`].
+pub fn add_with(
+    sys: Arc<dyn Syscalls>,
+    qmp: &mut Qmp,
+    opts: &HotplugOptions,
+) -> Result<String, HotplugError> {
     validate_id(&opts.id)?;
     opts.open.validate()?;
-    let id = opts.id.as_str();
-    let tap = opts.open.open()?;
+    let tap = open_tap_with(sys, &opts.open)?;
     link::configure(tap.name(), &opts.link)?;
-    let ifname = tap.name().to_string();
+    plug(qmp, &opts.id, &tap, &opts.driver, opts.mac)?;
+    // QEMU holds its own copies now; ours close when `tap` drops.
+    Ok(tap.name().to_string())
+}
+
+/// The QMP part of [`add`], for a tap opened already: `getfd` for each fd
+/// (`ID-0..`, `ID-vhost-0..`), `netdev_add`, `device_add`; on failure the
+/// earlier steps are undone in QEMU (`closefd`, `netdev_del`).
+pub fn plug(
+    qmp: &mut Qmp,
+    id: &str,
+    tap: &Tap,
+    driver: &str,
+    mac: Option<MacAddr>,
+) -> Result<(), HotplugError> {
     let queues = tap.queues().len();
     let step_err = |step: String, source| HotplugError::Step {
         id: id.to_string(),
@@ -133,25 +160,23 @@ pub fn add(qmp: &mut Qmp, opts: &HotplugOptions) -> Result<String, HotplugError>
         return Err(step_err("netdev_add".into(), e));
     }
 
-    let mut device = json!({ "driver": opts.driver, "netdev": id, "id": id });
+    let mut device = json!({ "driver": driver, "netdev": id, "id": id });
     if queues > 1 {
         device["mq"] = json!(true);
         device["vectors"] = json!(crate::qemu::vectors(queues));
     }
-    if let Some(mac) = opts.mac {
+    if let Some(mac) = mac {
         device["mac"] = json!(mac.to_string());
     }
     if let Err(e) = qmp.execute("device_add", Some(device)) {
         if let Err(undo) = qmp.execute("netdev_del", Some(json!({ "id": id }))) {
             log::warn!("rollback: netdev_del {id} failed: {undo}");
         }
-        // Names not consumed by a netdev_add that failed half-way.
+        // Names a netdev_add that failed half-way did not consume.
         close_fds(qmp, &given);
         return Err(step_err("device_add".into(), e));
     }
-    // QEMU holds its own copies now; ours close here.
-    drop(tap);
-    Ok(ifname)
+    Ok(())
 }
 
 fn close_fds(qmp: &mut Qmp, names: &[String]) {
@@ -184,3 +209,6 @@ pub fn del(qmp: &mut Qmp, id: &str, timeout: Duration) -> Result<(), HotplugErro
         .map_err(|e| step_err("netdev_del", e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
