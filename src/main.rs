@@ -402,6 +402,12 @@ fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
         "napi": has(vmtap::TunFlags::NAPI),
         "vhost_net": vhost.is_ok(),
     });
+    print_object(&out, as_json);
+    Ok(())
+}
+
+/// Prints a JSON object as JSON, or as `key: value` lines.
+fn print_object(out: &serde_json::Value, as_json: bool) {
     if as_json {
         println!("{out}");
     } else {
@@ -409,7 +415,6 @@ fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
             println!("{k}: {v}");
         }
     }
-    Ok(())
 }
 
 fn open(args: OpenArgs) -> Result<(), CliError> {
@@ -579,12 +584,6 @@ fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), C
         }
         (None, None) => return Err(CliError::Invalid("inspect needs NAME or --fd N".into())),
     };
-    if as_json {
-        println!("{out}");
-    } else {
-        for (k, v) in out.as_object().into_iter().flatten() {
-            println!("{k}: {v}");
-        }
-    }
+    print_object(&out, as_json);
     Ok(())
 }

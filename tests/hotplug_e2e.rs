@@ -3,39 +3,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
 
-fn guest() -> Option<(PathBuf, PathBuf)> {
-    let required = std::env::var("VMTAP_REQUIRE_QEMU").is_ok_and(|v| v == "1");
-    let dir = PathBuf::from(
-        std::env::var("VMTAP_GUEST_DIR").unwrap_or_else(|_| "/var/tmp/vmtap-guest".into()),
-    );
-    let (k, i) = (dir.join("vmlinuz"), dir.join("initrd.img"));
-    let qemu = run("sh", &["-c", "command -v qemu-system-x86_64"]).is_ok();
-    if qemu && k.exists() && i.exists() {
-        return Some((k, i));
-    }
-    assert!(
-        !required,
-        "QEMU test required but QEMU or the guest is missing"
-    );
-    eprintln!("skipping: QEMU or the guest is missing (scripts/build-guest)");
-    None
-}
-
 struct Qemu {
     child: Child,
-    lines: Receiver<String>,
-    log: Vec<String>,
+    console: Console,
     qmp: PathBuf,
 }
 
@@ -73,35 +53,16 @@ impl Qemu {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let (tx, rx) = channel();
         let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
         Qemu {
             child,
-            lines: rx,
-            log: Vec::new(),
+            console: Console::new(out, None),
             qmp,
         }
     }
 
     fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.log.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!("no console line with {needle:?}:\n{}", self.log.join("\n"));
+        self.console.wait_for(needle, |_| true)
     }
 
     fn fd_count(&self) -> usize {

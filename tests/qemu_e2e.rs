@@ -6,46 +6,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The guest's kernel and initrd, or `None` (skip) when QEMU or the guest
-/// is not available and the environment does not require them.
-fn guest() -> Option<(PathBuf, PathBuf)> {
-    let required = std::env::var("VMTAP_REQUIRE_QEMU").is_ok_and(|v| v == "1");
-    let dir = PathBuf::from(
-        std::env::var("VMTAP_GUEST_DIR").unwrap_or_else(|_| "/var/tmp/vmtap-guest".into()),
-    );
-    let kernel = dir.join("vmlinuz");
-    let initrd = dir.join("initrd.img");
-    let qemu = run("sh", &["-c", "command -v qemu-system-x86_64"]).is_ok();
-    if qemu && kernel.exists() && initrd.exists() {
-        return Some((kernel, initrd));
-    }
-    let why = format!(
-        "qemu-system-x86_64 present: {qemu}; guest in {}: {} (build it with scripts/build-guest)",
-        dir.display(),
-        kernel.exists()
-    );
-    assert!(!required, "QEMU test required but cannot run: {why}");
-    eprintln!("skipping QEMU test: {why}");
-    None
-}
 
 /// A QEMU started through `vmtap open`, with its serial console read on a
 /// thread. Killed when dropped.
 struct Vm {
     child: Child,
-    lines: Receiver<String>,
-    log: Vec<String>,
+    console: Console,
 }
 
 impl Vm {
@@ -88,45 +60,17 @@ impl Vm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn vmtap");
-        let (tx, rx) = channel();
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send(format!("stderr: {l}"));
-            }
-        });
         Vm {
             child,
-            lines: rx,
-            log: Vec::new(),
+            console: Console::new(out, Some(Box::new(err))),
         }
     }
 
     /// Waits for a console line containing `needle` that satisfies `ok`.
     fn wait_for(&mut self, needle: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.log.push(l.clone());
-                    if l.contains(needle) && ok(&l) {
-                        return l;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no console line with {needle:?}; QEMU said:\n{}",
-            self.log.join("\n")
-        );
+        self.console.wait_for(needle, ok)
     }
 
     fn pid(&self) -> u32 {

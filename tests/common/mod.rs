@@ -94,3 +94,83 @@ pub fn fd_count() -> usize {
 pub fn veth(a: &str, b: &str) {
     ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
 }
+
+/// The test guest's kernel and initrd (built by scripts/build-guest into
+/// $VMTAP_GUEST_DIR, default /var/tmp/vmtap-guest), or `None` to skip when
+/// QEMU or the guest is missing, unless VMTAP_REQUIRE_QEMU=1 (CI), where
+/// that is a failure.
+pub fn guest() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let required = std::env::var("VMTAP_REQUIRE_QEMU").is_ok_and(|v| v == "1");
+    let dir = std::path::PathBuf::from(
+        std::env::var("VMTAP_GUEST_DIR").unwrap_or_else(|_| "/var/tmp/vmtap-guest".into()),
+    );
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initrd.img");
+    let qemu = run("sh", &["-c", "command -v qemu-system-x86_64"]).is_ok();
+    if qemu && kernel.exists() && initrd.exists() {
+        return Some((kernel, initrd));
+    }
+    let why = format!(
+        "qemu-system-x86_64 present: {qemu}; guest in {}: {} (build it with scripts/build-guest)",
+        dir.display(),
+        kernel.exists()
+    );
+    assert!(!required, "QEMU test required but cannot run: {why}");
+    eprintln!("skipping QEMU test: {why}");
+    None
+}
+
+/// Lines of a child's output, read on a thread.
+pub struct Console {
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line seen so far.
+    pub log: Vec<String>,
+}
+
+impl Console {
+    /// Reads `out` (and `err`, prefixed with "stderr: ") line by line.
+    pub fn new(
+        out: impl std::io::Read + Send + 'static,
+        err: Option<Box<dyn std::io::Read + Send>>,
+    ) -> Console {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        if let Some(err) = err {
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                    let _ = tx2.send(format!("stderr: {l}"));
+                }
+            });
+        }
+        Console {
+            lines: rx,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits up to 120 s for a line containing `needle` that satisfies `ok`.
+    pub fn wait_for(&mut self, needle: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(needle) && ok(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no console line with {needle:?}; it said:\n{}",
+            self.log.join("\n")
+        );
+    }
+}
