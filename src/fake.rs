@@ -195,7 +195,7 @@ impl FakeKernel {
 
     /// The values the `out` argument of TUNGETFEATURES held on entry.
     pub fn features_args_seen(&self) -> Vec<u32> {
-        self.lock().features_arg_seen_clone()
+        self.lock().features_arg_seen.clone()
     }
 
     /// How many handed-out fds are still open somewhere in this process.
@@ -240,10 +240,6 @@ impl FakeKernel {
 }
 
 impl State {
-    fn features_arg_seen_clone(&self) -> Vec<u32> {
-        self.features_arg_seen.clone()
-    }
-
     /// Forgets fds whose every copy is closed, and removes devices whose
     /// last fd went away (unless persistent).
     fn reap(&mut self) {

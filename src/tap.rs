@@ -264,7 +264,7 @@ pub fn check_queues_with(sys: &dyn Syscalls, fds: &[BorrowedFd<'_>]) -> Result<T
             info.name
         )));
     }
-    if rest.len() + 1 > 1 && !info.multi_queue() {
+    if !rest.is_empty() && !info.multi_queue() {
         return Err(Error::InconsistentQueues(format!(
             "{} fds were given but \"{}\" is not multi-queue",
             fds.len(),
