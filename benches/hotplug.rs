@@ -9,9 +9,11 @@
 //! an untimed hotplug del. Prints medians and the ratio (a) / (b).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use vmtap::hotplug;
 use vmtap::qmp::Qmp;
@@ -23,36 +25,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let guest = PathBuf::from(
-        std::env::var("VMTAP_GUEST_DIR").unwrap_or_else(|_| "/var/tmp/vmtap-guest".into()),
-    );
+    let (kernel, initrd) = common::guest().expect("QEMU and the guest (scripts/build-guest)");
     sys::unshare_network_namespace().expect("run as root: unshare(CLONE_NEWNET)");
     let dir = std::env::temp_dir().join(format!("vmtap-bench-hp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("qmp.sock");
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "256",
-            "-nographic",
-            "-no-reboot",
-            "-nic",
-            "none",
-        ])
-        .arg("-kernel")
-        .arg(guest.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(guest.join("initrd.img"))
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet vmtap.ip=10.77.9.2/24",
-        ])
+        .args(common::guest_qemu_args(&kernel, &initrd, "10.77.9.2/24"))
+        .args(["-nic", "none"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .stdin(Stdio::null())

@@ -210,6 +210,15 @@ impl Netlink {
         Ok(Self { socket, seq: 0 })
     }
 
+    /// [`Netlink::open`], with the error naming the interface it was for.
+    fn open_for(ifname: &str) -> Result<Self, LinkError> {
+        Self::open().map_err(|source| LinkError::Netlink {
+            step: "opening a netlink socket".into(),
+            ifname: ifname.into(),
+            source,
+        })
+    }
+
     /// Sends one request with `NLM_F_ACK` and collects the messages that
     /// come back until the acknowledgement (or the error).
     fn request(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
@@ -362,11 +371,7 @@ pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<(), LinkError> {
     if opts.is_empty() {
         return Ok(());
     }
-    let mut nl = Netlink::open().map_err(|source| LinkError::Netlink {
-        step: "opening a netlink socket".into(),
-        ifname: ifname.into(),
-        source,
-    })?;
+    let mut nl = Netlink::open_for(ifname)?;
     let bridge = match &opts.bridge {
         Some(br) => {
             let b = nl.require(br)?;
@@ -406,11 +411,7 @@ pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<(), LinkError> {
 
 /// The tun driver's view of tap `name` (owner, group, queues...).
 pub fn tun_info(name: &str) -> Result<TunLinkInfo, LinkError> {
-    let mut nl = Netlink::open().map_err(|source| LinkError::Netlink {
-        step: "opening a netlink socket".into(),
-        ifname: name.into(),
-        source,
-    })?;
+    let mut nl = Netlink::open_for(name)?;
     let link = nl.require(name)?;
     match link.tun {
         Some(t) if t.tap => Ok(t),

@@ -127,24 +127,14 @@ struct HotplugAddArgs {
     /// Device and netdev id.
     #[arg(long)]
     id: String,
-    /// Number of queues (1 to 256).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    queues: u16,
-    /// Open one /dev/vhost-net fd per queue too.
-    #[arg(long)]
-    vhost: bool,
-    /// Virtio-net header: auto (when supported), on, off.
-    #[arg(long, default_value = "auto", value_parser = parse_vnet_hdr)]
-    vnet_hdr: VnetHdr,
+    #[command(flatten)]
+    tap: TapArgs,
     /// Guest MAC address.
     #[arg(long, value_parser = parse_mac)]
     mac: Option<MacAddr>,
     /// Device driver.
     #[arg(long, default_value = "virtio-net-pci")]
     driver: String,
-    /// Interface name or `%d` template (default: the kernel picks tapN).
-    #[arg(long)]
-    name: Option<String>,
     /// Bring the host link up.
     #[arg(long)]
     up: bool,
@@ -157,8 +147,6 @@ struct HotplugAddArgs {
     /// Seconds to wait for each QMP answer.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    #[command(flatten)]
-    paths: DevicePaths,
 }
 
 const OPEN_HELP: &str = "\
@@ -187,8 +175,9 @@ struct DevicePaths {
     vhost_device: PathBuf,
 }
 
+/// How to open the tap: shared by `open` and `hotplug add`.
 #[derive(Args, Debug)]
-struct OpenArgs {
+struct TapArgs {
     /// Interface name or `%d` template (default: the kernel picks tapN).
     #[arg(long)]
     name: Option<String>,
@@ -201,6 +190,29 @@ struct OpenArgs {
     /// Open one /dev/vhost-net fd per queue too.
     #[arg(long)]
     vhost: bool,
+    #[command(flatten)]
+    paths: DevicePaths,
+}
+
+impl TapArgs {
+    fn options(&self) -> OpenOptions {
+        let opts = OpenOptions::new()
+            .queues(usize::from(self.queues))
+            .vnet_hdr(self.vnet_hdr)
+            .vhost(self.vhost)
+            .tun_path(&self.paths.tun_device)
+            .vhost_path(&self.paths.vhost_device);
+        match &self.name {
+            Some(name) => opts.name(name),
+            None => opts,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct OpenArgs {
+    #[command(flatten)]
+    tap: TapArgs,
     /// Attach to an existing tap (e.g. persistent) instead of refusing it.
     #[arg(long)]
     attach_existing: bool,
@@ -219,8 +231,6 @@ struct OpenArgs {
     /// Bring the link up.
     #[arg(long)]
     up: bool,
-    #[command(flatten)]
-    paths: DevicePaths,
     /// The program to exec, and its arguments.
     #[arg(last = true, value_name = "PROGRAM ARGS")]
     program: Vec<String>,
@@ -425,16 +435,7 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
                 .into(),
         ));
     };
-    let mut opts = OpenOptions::new()
-        .queues(usize::from(args.queues))
-        .vnet_hdr(args.vnet_hdr)
-        .vhost(args.vhost)
-        .attach_existing(args.attach_existing)
-        .tun_path(&args.paths.tun_device)
-        .vhost_path(&args.paths.vhost_device);
-    if let Some(name) = &args.name {
-        opts = opts.name(name);
-    }
+    let opts = args.tap.options().attach_existing(args.attach_existing);
     opts.validate()?;
     if args.id.is_empty() || args.id.contains([',', '=']) {
         return Err(CliError::Invalid(format!(
@@ -504,18 +505,9 @@ fn seconds(s: f64) -> Result<std::time::Duration, CliError> {
 }
 
 fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
-    let mut open = OpenOptions::new()
-        .queues(usize::from(args.queues))
-        .vnet_hdr(args.vnet_hdr)
-        .vhost(args.vhost)
-        .tun_path(&args.paths.tun_device)
-        .vhost_path(&args.paths.vhost_device);
-    if let Some(name) = &args.name {
-        open = open.name(name);
-    }
     let opts = vmtap::hotplug::HotplugOptions {
         id: args.id.clone(),
-        open,
+        open: args.tap.options(),
         link: LinkOptions {
             mtu: None,
             mac: None,

@@ -8,10 +8,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{BindMode, Error, NameProblem, Result, explain_bind, explain_open};
+use crate::error::{BindMode, Error, NameProblem, Result, explain_open};
 use crate::sys::{IFNAME_MAX, TunFlags};
 use crate::syscalls::{Kernel, Syscalls};
-use crate::tap::{Tap, TapQueue, exists, inspect_fd_with, open_tun};
+use crate::tap::{Tap, TapQueue, bind, exists, inspect_fd_with, open_tun, tap_flags};
 
 /// The TUN/TAP clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -32,8 +32,14 @@ pub fn tun_features(fd: BorrowedFd<'_>) -> Option<TunFlags> {
 
 /// [`tun_features`] over any [`Syscalls`] (Ganeti's `_ioctl=` parameter).
 pub fn tun_features_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> Option<TunFlags> {
+    read_features(|out| sys.tun_get_features(fd, out))
+}
+
+/// Runs a TUNGETFEATURES call with a zeroed argument; a failure is logged
+/// and means "unsupported".
+fn read_features(ioctl: impl FnOnce(&mut u32) -> std::io::Result<()>) -> Option<TunFlags> {
     let mut features = 0u32;
-    match sys.tun_get_features(fd, &mut features) {
+    match ioctl(&mut features) {
         Ok(()) => Some(TunFlags::from_bits_retain(features)),
         Err(e) => {
             log::warn!("ioctl(TUNGETFEATURES) failed: {e}");
@@ -290,16 +296,7 @@ pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> 
     let name = opts.name.as_deref().unwrap_or("");
 
     let mut first = open_tun(&*sys, &opts.tun_path)?;
-    let features = {
-        let mut f = 0u32;
-        match sys.clone_device_features(first.as_fd(), &mut f) {
-            Ok(()) => Some(TunFlags::from_bits_retain(f)),
-            Err(e) => {
-                log::warn!("ioctl(TUNGETFEATURES) failed: {e}");
-                None
-            }
-        }
-    };
+    let features = read_features(|out| sys.clone_device_features(first.as_fd(), out));
     let supported = |flag: TunFlags| features.is_some_and(|f| f.contains(flag));
 
     let vnet_hdr = match opts.features.vnet_hdr {
@@ -328,20 +325,17 @@ pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> 
         }
     }
 
-    let mut flags = TunFlags::TAP | TunFlags::NO_PI;
-    flags.set(TunFlags::VNET_HDR, vnet_hdr);
-    flags.set(TunFlags::MULTI_QUEUE, multi_queue);
-    flags.set(TunFlags::ONE_QUEUE, !multi_queue);
-
-    let first_mode = if opts.attach_existing {
-        BindMode::Attach
+    let flags = tap_flags(multi_queue, vnet_hdr);
+    // Queue 0 creates the device (refusing an existing one) or, on purpose,
+    // attaches to an existing one; queues 1.. attach to queue 0's device.
+    let (first_mode, first_flags, later_mode) = if opts.attach_existing {
+        (BindMode::Attach, flags, BindMode::Attach)
     } else {
-        BindMode::Create
-    };
-    let first_flags = if opts.attach_existing {
-        flags
-    } else {
-        flags | TunFlags::TUN_EXCL
+        (
+            BindMode::Create,
+            flags | TunFlags::TUN_EXCL,
+            BindMode::AddQueue,
+        )
     };
     let mut ifname = bind(&*sys, first.as_fd(), name, first_flags, first_mode, 0)?;
     log::debug!("queue 0 bound to {ifname} with {first_flags:?}");
@@ -368,11 +362,6 @@ pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> 
 
     let mut tap_queues = Vec::with_capacity(queues);
     tap_queues.push(TapQueue::with_sys(first, sys.clone()));
-    let later_mode = if opts.attach_existing {
-        BindMode::Attach
-    } else {
-        BindMode::AddQueue
-    };
     for k in 1..queues {
         let fd = open_tun(&*sys, &opts.tun_path)?;
         bind(&*sys, fd.as_fd(), &ifname, flags, later_mode, k)?;
@@ -384,24 +373,6 @@ pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> 
         queues: tap_queues,
         vhost,
     })
-}
-
-fn bind(
-    sys: &dyn Syscalls,
-    fd: BorrowedFd<'_>,
-    name: &str,
-    flags: TunFlags,
-    mode: BindMode,
-    queue: usize,
-) -> Result<String> {
-    sys.tun_set_iff(fd, name, flags)
-        .map_err(|source| Error::Bind {
-            mode,
-            ifname: if name.is_empty() { "tap%d" } else { name }.to_string(),
-            queue,
-            cause: explain_bind(&source, mode),
-            source,
-        })
 }
 
 fn check_existing(ifname: &str, vnet: VnetHdr, multi_queue: bool, flags: &TunFlags) -> Result<()> {

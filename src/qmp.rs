@@ -77,7 +77,7 @@ impl Qmp {
             timeout,
             events: Vec::new(),
         };
-        let greeting = qmp.read_message("reading the greeting")?;
+        let greeting = qmp.next_message("reading the greeting", timeout)?;
         if greeting.get("QMP").is_none() {
             return Err(QmpError::NotQmp(format!("unexpected greeting {greeting}")));
         }
@@ -136,7 +136,8 @@ impl Qmp {
         }
         let waiting = format!("waiting for the reply to {command}");
         loop {
-            let reply = self.read_message(&waiting)?;
+            // Events in between are kept by next_message; skip to the reply.
+            let reply = self.next_message(&waiting, self.timeout)?;
             if let Some(ret) = reply.get("return") {
                 return Ok(ret.clone());
             }
@@ -162,76 +163,59 @@ impl Qmp {
     ) -> Result<Value, QmpError> {
         let is_it = |e: &Value| e.get("event").and_then(Value::as_str) == Some(name) && matches(e);
         let deadline = Instant::now() + timeout;
+        let step = format!("waiting for event {name}");
         loop {
             if let Some(i) = self.events.iter().position(is_it) {
                 return Ok(self.events.remove(i));
             }
-            let step = format!("waiting for event {name}");
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .ok_or(QmpError::Timeout {
-                    step: step.clone(),
-                    timeout,
-                })?;
-            let saved = self.timeout;
-            self.timeout = left;
-            let msg = self.read_message(&step);
-            self.timeout = saved;
-            let msg = match msg {
-                Err(QmpError::Timeout { step, .. }) => {
-                    return Err(QmpError::Timeout { step, timeout });
-                }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timed_out = QmpError::Timeout {
+                step: step.clone(),
+                timeout,
+            };
+            if left.is_zero() {
+                return Err(timed_out);
+            }
+            match self.next_message(&step, left) {
+                Err(QmpError::Timeout { .. }) => return Err(timed_out),
                 other => other?,
             };
-            if msg.get("event").is_none() {
-                log::debug!("QMP: unexpected message {msg}");
-            }
         }
     }
 
-    /// Reads the next message that is not an event; events are kept.
-    fn read_message(&mut self, step: &str) -> Result<Value, QmpError> {
+    /// Reads the next message, waiting at most `timeout`. Events are also
+    /// kept in `events` for [`Qmp::wait_event`].
+    fn next_message(&mut self, step: &str, timeout: Duration) -> Result<Value, QmpError> {
+        let io_err = |source| QmpError::Io {
+            step: step.to_string(),
+            source,
+        };
         self.stream
-            .set_read_timeout(Some(self.timeout))
-            .map_err(|source| QmpError::Io {
-                step: step.to_string(),
-                source,
-            })?;
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) => return Err(QmpError::Closed(step.to_string())),
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(QmpError::Timeout {
-                        step: step.to_string(),
-                        timeout: self.timeout,
-                    });
-                }
-                Err(source) => {
-                    return Err(QmpError::Io {
-                        step: step.to_string(),
-                        source,
-                    });
-                }
+            .set_read_timeout(Some(timeout))
+            .map_err(io_err)?;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => return Err(QmpError::Closed(step.to_string())),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(QmpError::Timeout {
+                    step: step.to_string(),
+                    timeout,
+                });
             }
-            let value: Value = serde_json::from_str(line.trim())
-                .map_err(|e| QmpError::NotQmp(format!("{e} in {:?}", line.trim())))?;
-            log::debug!("QMP <- {value}");
-            if value.get("event").is_some() && step.starts_with("waiting for the reply") {
-                self.events.push(value);
-                continue;
-            }
-            if value.get("event").is_some() {
-                self.events.push(value.clone());
-            }
-            return Ok(value);
+            Err(e) => return Err(io_err(e)),
         }
+        let value: Value = serde_json::from_str(line.trim())
+            .map_err(|e| QmpError::NotQmp(format!("{e} in {:?}", line.trim())))?;
+        log::debug!("QMP <- {value}");
+        if value.get("event").is_some() {
+            self.events.push(value.clone());
+        }
+        Ok(value)
     }
 }

@@ -101,75 +101,87 @@ impl TapQueue {
     /// Detaches this queue (`TUNSETQUEUE` + `IFF_DETACH_QUEUE`): it stops
     /// receiving packets but stays bound. Multi-queue taps only.
     pub fn detach(&self) -> Result<()> {
-        self.sys
-            .tun_set_queue(self.fd.as_fd(), false)
-            .map_err(|e| ioctl_err("TUNSETQUEUE(detach)", &self.name_for_errors(), e))
+        self.check(
+            "TUNSETQUEUE(detach)",
+            self.sys.tun_set_queue(self.fd.as_fd(), false),
+        )
     }
 
     /// Re-attaches a detached queue (`TUNSETQUEUE` + `IFF_ATTACH_QUEUE`).
     pub fn attach(&self) -> Result<()> {
-        self.sys
-            .tun_set_queue(self.fd.as_fd(), true)
-            .map_err(|e| ioctl_err("TUNSETQUEUE(attach)", &self.name_for_errors(), e))
+        self.check(
+            "TUNSETQUEUE(attach)",
+            self.sys.tun_set_queue(self.fd.as_fd(), true),
+        )
     }
 
     /// `TUNSETOFFLOAD` with exactly these offloads.
     pub fn set_offloads(&self, offloads: Offloads) -> Result<()> {
-        self.sys
-            .tun_set_offload(self.fd.as_fd(), offloads)
-            .map_err(|e| ioctl_err("TUNSETOFFLOAD", &self.name_for_errors(), e))
+        self.check(
+            "TUNSETOFFLOAD",
+            self.sys.tun_set_offload(self.fd.as_fd(), offloads),
+        )
     }
 
     /// Sets the offloads, falling back as QEMU does when the kernel refuses
-    /// some of them: first without USO4/USO6, then also without UFO.
-    /// Returns the offloads that were set.
+    /// some of them (`EINVAL`): first without USO4/USO6, then also without
+    /// UFO. Returns the offloads that were set.
     pub fn set_offloads_with_fallback(&self, wanted: Offloads) -> Result<Offloads> {
         let no_uso = wanted - (Offloads::USO4 | Offloads::USO6);
-        let no_ufo = no_uso - Offloads::UFO;
-        let mut last = None;
-        for candidate in [wanted, no_uso, no_ufo] {
-            if last.as_ref().is_some_and(|(c, _)| *c == candidate) {
-                continue;
-            }
-            match self.sys.tun_set_offload(self.fd.as_fd(), candidate) {
-                Ok(()) => return Ok(candidate),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    log::debug!("TUNSETOFFLOAD {candidate:?} refused, falling back");
-                    last = Some((candidate, e));
-                }
-                Err(e) => return Err(ioctl_err("TUNSETOFFLOAD", &self.name_for_errors(), e)),
+        let mut candidates = vec![wanted];
+        for fallback in [no_uso, no_uso - Offloads::UFO] {
+            if !candidates.contains(&fallback) {
+                candidates.push(fallback);
             }
         }
-        let (_, e) = last.expect("at least one attempt was made");
-        Err(ioctl_err("TUNSETOFFLOAD", &self.name_for_errors(), e))
+        let last = candidates.len() - 1;
+        for (i, candidate) in candidates.into_iter().enumerate() {
+            match self.sys.tun_set_offload(self.fd.as_fd(), candidate) {
+                Ok(()) => return Ok(candidate),
+                Err(e) if i < last && e.raw_os_error() == Some(libc::EINVAL) => {
+                    log::debug!("TUNSETOFFLOAD {candidate:?} refused, falling back");
+                }
+                Err(e) => return self.check("TUNSETOFFLOAD", Err(e)),
+            }
+        }
+        unreachable!("the last candidate returns")
     }
 
     /// `TUNSETVNETHDRSZ` (the kernel accepts 10 or more).
     pub fn set_vnet_hdr_size(&self, size: i32) -> Result<()> {
-        self.sys
-            .tun_set_vnet_hdr_size(self.fd.as_fd(), size)
-            .map_err(|e| ioctl_err("TUNSETVNETHDRSZ", &self.name_for_errors(), e))
+        self.check(
+            "TUNSETVNETHDRSZ",
+            self.sys.tun_set_vnet_hdr_size(self.fd.as_fd(), size),
+        )
     }
 
     /// `TUNGETVNETHDRSZ`.
     pub fn vnet_hdr_size(&self) -> Result<i32> {
-        self.sys
-            .tun_get_vnet_hdr_size(self.fd.as_fd())
-            .map_err(|e| ioctl_err("TUNGETVNETHDRSZ", &self.name_for_errors(), e))
+        self.check(
+            "TUNGETVNETHDRSZ",
+            self.sys.tun_get_vnet_hdr_size(self.fd.as_fd()),
+        )
     }
 
     /// `TUNSETSNDBUF`.
     pub fn set_sndbuf(&self, size: i32) -> Result<()> {
-        self.sys
-            .tun_set_sndbuf(self.fd.as_fd(), size)
-            .map_err(|e| ioctl_err("TUNSETSNDBUF", &self.name_for_errors(), e))
+        self.check(
+            "TUNSETSNDBUF",
+            self.sys.tun_set_sndbuf(self.fd.as_fd(), size),
+        )
     }
 
-    fn name_for_errors(&self) -> String {
-        self.sys
-            .tun_get_iff(self.fd.as_fd())
-            .map(|(n, _)| n)
-            .unwrap_or_default()
+    /// Turns a failed ioctl into an [`Error::Ioctl`] naming the interface
+    /// (looked up only on failure).
+    fn check<T>(&self, op: &'static str, result: std::io::Result<T>) -> Result<T> {
+        result.map_err(|e| {
+            let name = self
+                .sys
+                .tun_get_iff(self.fd.as_fd())
+                .map(|(n, _)| n)
+                .unwrap_or_default();
+            ioctl_err(op, &name, e)
+        })
     }
 }
 
@@ -328,19 +340,8 @@ pub fn create_persistent_with(
 ) -> Result<TapInfo> {
     validate_name(name, true)?;
     let fd = open_tun(sys, tun_path)?;
-    let mut flags = TunFlags::TAP | TunFlags::NO_PI | TunFlags::TUN_EXCL;
-    flags.set(TunFlags::MULTI_QUEUE, opts.multi_queue);
-    flags.set(TunFlags::ONE_QUEUE, !opts.multi_queue);
-    flags.set(TunFlags::VNET_HDR, opts.vnet_hdr);
-    let ifname = sys
-        .tun_set_iff(fd.as_fd(), name, flags)
-        .map_err(|source| Error::Bind {
-            mode: BindMode::Create,
-            ifname: name.to_string(),
-            queue: 0,
-            cause: explain_bind(&source, BindMode::Create),
-            source,
-        })?;
+    let flags = tap_flags(opts.multi_queue, opts.vnet_hdr) | TunFlags::TUN_EXCL;
+    let ifname = bind(sys, fd.as_fd(), name, flags, BindMode::Create, 0)?;
     if let Some(uid) = opts.owner {
         sys.tun_set_owner(fd.as_fd(), uid)
             .map_err(|e| ioctl_err("TUNSETOWNER", &ifname, e))?;
@@ -373,12 +374,17 @@ pub fn delete_persistent_with(sys: &dyn Syscalls, tun_path: &Path, name: &str) -
     if !exists(sys, name)? {
         return Err(Error::NoSuchInterface(name.to_string()));
     }
-    let mut last_err = None;
+    // The multi-queue flag must match the device's: try both.
     for mq in [false, true] {
         let fd = open_tun(sys, tun_path)?;
-        let mut flags = TunFlags::TAP | TunFlags::NO_PI;
-        flags.set(TunFlags::MULTI_QUEUE, mq);
-        match sys.tun_set_iff(fd.as_fd(), name, flags) {
+        match bind(
+            sys,
+            fd.as_fd(),
+            name,
+            tap_flags(mq, false),
+            BindMode::Attach,
+            0,
+        ) {
             Ok(_) => {
                 let info = inspect_fd_with(sys, fd.as_fd())?;
                 if !info.persistent() {
@@ -388,20 +394,40 @@ pub fn delete_persistent_with(sys: &dyn Syscalls, tun_path: &Path, name: &str) -
                     .tun_set_persist(fd.as_fd(), false)
                     .map_err(|e| ioctl_err("TUNSETPERSIST", name, e));
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
-            Err(source) => {
-                return Err(Error::Bind {
-                    mode: BindMode::Attach,
-                    ifname: name.to_string(),
-                    queue: 0,
-                    cause: explain_bind(&source, BindMode::Attach),
-                    source,
-                });
+            Err(e) if e.errno() == Some(libc::EINVAL) => {
+                log::debug!("TUNSETIFF on {name:?} with multi_queue={mq}: {e}");
             }
+            Err(e) => return Err(e),
         }
     }
-    log::debug!("TUNSETIFF on {name:?} refused both ways: {last_err:?}");
     Err(Error::NotATap(name.to_string()))
+}
+
+pub(crate) fn tap_flags(multi_queue: bool, vnet_hdr: bool) -> TunFlags {
+    let mut flags = TunFlags::TAP | TunFlags::NO_PI;
+    flags.set(TunFlags::VNET_HDR, vnet_hdr);
+    flags.set(TunFlags::MULTI_QUEUE, multi_queue);
+    flags.set(TunFlags::ONE_QUEUE, !multi_queue);
+    flags
+}
+
+/// `TUNSETIFF` with the error explained for what the caller was doing.
+pub(crate) fn bind(
+    sys: &dyn Syscalls,
+    fd: BorrowedFd<'_>,
+    name: &str,
+    flags: TunFlags,
+    mode: BindMode,
+    queue: usize,
+) -> Result<String> {
+    sys.tun_set_iff(fd, name, flags)
+        .map_err(|source| Error::Bind {
+            mode,
+            ifname: if name.is_empty() { "tap%d" } else { name }.to_string(),
+            queue,
+            cause: explain_bind(&source, mode),
+            source,
+        })
 }
 
 pub(crate) fn exists(sys: &dyn Syscalls, name: &str) -> Result<bool> {

@@ -34,20 +34,10 @@ fn features_json_has_the_documented_keys() {
         assert_eq!(v[key], Value::Bool(true), "{key}: {v}");
     }
     // This host has no vhost-net; a stand-in path proves the key follows it.
-    let v = json(&vmtap(&[
-        "features",
-        "--json",
-        "--vhost-device",
-        "/nonexistent",
-    ]));
-    assert_eq!(v["vhost_net"], Value::Bool(false));
-    let v = json(&vmtap(&[
-        "features",
-        "--json",
-        "--vhost-device",
-        "/dev/null",
-    ]));
-    assert_eq!(v["vhost_net"], Value::Bool(true));
+    for (path, usable) in [("/nonexistent", false), ("/dev/null", true)] {
+        let v = json(&vmtap(&["features", "--json", "--vhost-device", path]));
+        assert_eq!(v["vhost_net"], Value::Bool(usable), "{path}");
+    }
 }
 
 #[test]
@@ -312,6 +302,14 @@ fn inspect_fd_on_things_that_are_not_taps() {
     );
 }
 
+/// `args` run as the user nobody, without supplementary groups.
+fn as_nobody(args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(args);
+    cmd
+}
+
 #[test]
 fn an_unprivileged_user_in_its_own_namespaces_opens_taps() {
     // As `nobody`, inside a new user + network namespace: the kernel grants
@@ -336,19 +334,7 @@ fn an_unprivileged_user_in_its_own_namespaces_opens_taps() {
         "VMTAP_TUN={} {VMTAP} open --name u0 --queues 2 --up -- sh -c 'ip -d link show u0; id -u'",
         node.display()
     );
-    let o = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "unshare",
-            "-Urn",
-            "sh",
-            "-c",
-            &script,
-        ])
+    let o = as_nobody(&["unshare", "-Urn", "sh", "-c", &script])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -359,18 +345,7 @@ fn an_unprivileged_user_in_its_own_namespaces_opens_taps() {
     );
     assert!(out.contains("multi_queue numqueues 2"), "{out}");
     // And without the namespaces the kernel says no, in plain words.
-    let o = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            VMTAP,
-            "open",
-            "--",
-            "true",
-        ])
+    let o = as_nobody(&[VMTAP, "open", "--", "true"])
         .env("VMTAP_TUN", &node)
         .output()
         .unwrap();

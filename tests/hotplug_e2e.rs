@@ -24,28 +24,8 @@ impl Qemu {
         let (kernel, initrd) = guest().unwrap();
         let qmp = dir.join("qmp.sock");
         let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-cpu",
-                "max",
-                "-smp",
-                "2",
-                "-m",
-                "256",
-                "-nographic",
-                "-no-reboot",
-                "-nic",
-                "none",
-            ])
-            .arg("-kernel")
-            .arg(&kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args([
-                "-append",
-                &format!("console=ttyS0 panic=-1 quiet vmtap.ip={ip}"),
-            ])
+            .args(guest_qemu_args(&kernel, &initrd, ip))
+            .args(["-nic", "none"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .stdin(Stdio::null())

@@ -23,35 +23,16 @@ struct Vm {
 impl Vm {
     fn start(vmtap_args: &[&str], ip: &str, extra_device: &str) -> Vm {
         let (kernel, initrd) = guest().expect("checked by the caller");
-        let append = format!("console=ttyS0 panic=-1 quiet vmtap.ip={ip}");
         let device = format!("virtio-net-pci,{{device}}{extra_device}");
-        let mut args: Vec<&str> = vec!["open"];
-        args.extend_from_slice(vmtap_args);
-        let kernel = kernel.to_str().unwrap();
-        let initrd = initrd.to_str().unwrap();
-        args.extend_from_slice(&[
-            "--",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "256",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-            kernel,
-            "-initrd",
-            initrd,
-            "-append",
-            &append,
-            "-netdev",
-            "{netdev}",
-            "-device",
-            &device,
+        let mut args: Vec<String> = vec!["open".into()];
+        args.extend(vmtap_args.iter().map(|a| a.to_string()));
+        args.extend(["--".into(), "qemu-system-x86_64".into()]);
+        args.extend(guest_qemu_args(&kernel, &initrd, ip));
+        args.extend([
+            "-netdev".into(),
+            "{netdev}".into(),
+            "-device".into(),
+            device,
         ]);
         let mut child = Command::new(VMTAP)
             .args(&args)

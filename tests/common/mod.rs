@@ -120,6 +120,38 @@ pub fn guest() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     None
 }
 
+/// QEMU arguments that boot the test guest (TCG, 2 vCPUs, serial console
+/// on stdout) with `vmtap.ip=IP` for the NICs it will get. No NIC is added
+/// here: callers add `-netdev`/`-device`, or `-nic none` for hot-plug.
+pub fn guest_qemu_args(
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    ip: &str,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "256",
+        "-nographic",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.push("-kernel".into());
+    args.push(kernel.display().to_string());
+    args.push("-initrd".into());
+    args.push(initrd.display().to_string());
+    args.push("-append".into());
+    args.push(format!("console=ttyS0 panic=-1 quiet vmtap.ip={ip}"));
+    args
+}
+
 /// Lines of a child's output, read on a thread.
 pub struct Console {
     lines: std::sync::mpsc::Receiver<String>,
