@@ -18,8 +18,11 @@ pub enum NameProblem {
     Dot,
     /// A character the kernel refuses (`/`, `:`).
     Forbidden(char),
-    /// Space, tab, newline or other whitespace.
+    /// Space, tab, newline, vertical tab, form feed or carriage return.
     Whitespace,
+    /// A character whose UTF-8 encoding has the byte 0xA0, which the
+    /// kernel's `isspace()` counts as a space (`à`, `Ġ`, `ꀠ`...).
+    SpaceByte(char),
     /// A NUL byte.
     Nul,
     /// A `%` other than one `%d`.
@@ -40,10 +43,35 @@ impl std::fmt::Display for NameProblem {
             Self::Dot => write!(f, "is not allowed (\".\" and \"..\" are reserved)"),
             Self::Forbidden(c) => write!(f, "contains '{c}'"),
             Self::Whitespace => write!(f, "contains whitespace"),
+            Self::SpaceByte(c) => write!(
+                f,
+                "contains '{c}', whose UTF-8 byte 0xa0 the kernel counts as a space"
+            ),
             Self::Nul => write!(f, "contains a NUL byte"),
             Self::Percent => write!(f, "has a '%' that is not a single \"%d\" template"),
             Self::Template => write!(f, "is a \"%d\" template where an exact name is needed"),
         }
+    }
+}
+
+/// What the caller was doing with an existing tap, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Attaching queues to it.
+    Attach,
+    /// Deleting it.
+    Delete,
+    /// Inspecting it.
+    Inspect,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Attach => "attach to",
+            Self::Delete => "delete",
+            Self::Inspect => "inspect",
+        })
     }
 }
 
@@ -124,10 +152,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// Attaching with `attach_existing` to a name that does not exist.
-    #[error("no interface named \"{0}\" to attach to")]
-    NoSuchInterface(String),
-    /// An existing tap's flags differ from what was asked.
+    /// No interface of that name exists (nothing was created).
+    #[error("no interface named \"{ifname}\" to {action}")]
+    NoSuchInterface {
+        /// The name.
+        ifname: String,
+        /// What was to be done with it.
+        action: Action,
+    },
+    /// An existing tap's settings differ from what was asked (nothing was
+    /// attached or changed).
     #[error("tap \"{ifname}\" exists with different settings: {detail}")]
     Mismatch {
         /// The interface.
@@ -141,6 +175,37 @@ pub enum Error {
     /// The named tap is not persistent (it lives while its fds are open).
     #[error("tap \"{0}\" is not persistent (it goes away when its users close it)")]
     NotPersistent(String),
+    /// The tap has queues attached: someone is using it.
+    #[error("tap \"{ifname}\" is in use ({queues} queue(s) attached): stop its users first")]
+    InUse {
+        /// The interface.
+        ifname: String,
+        /// Queues attached (including detached-but-open ones).
+        queues: u32,
+    },
+    /// The tap was removed (or replaced) while vmtap was attaching to it;
+    /// whatever vmtap had bound was closed.
+    #[error("tap \"{0}\" was removed or replaced while attaching to it (nothing was kept)")]
+    Vanished(String),
+    /// A netlink request of the core (looking up or deleting a link) failed.
+    #[error("{step} \"{ifname}\" over netlink: {source}")]
+    Netlink {
+        /// What was being done ("looking up", "deleting").
+        step: &'static str,
+        /// The interface.
+        ifname: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The vhost-net path is not a vhost-net device.
+    #[error("{path} is not a vhost-net device: {cause}", path = path.display())]
+    NotVhostNet {
+        /// The path given.
+        path: PathBuf,
+        /// Why it was refused.
+        cause: String,
+    },
     /// An ioctl on a bound fd failed.
     #[error("{op} failed on \"{ifname}\": {cause}")]
     Ioctl {
@@ -165,6 +230,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An fd is bound to a TUN (layer 3) device, not a TAP.
+    #[error("fd {fd} is bound to \"{ifname}\", a TUN (layer 3) device, not a TAP")]
+    FdIsTun {
+        /// The fd number (for the message only).
+        fd: i32,
+        /// The device.
+        ifname: String,
+    },
     /// A set of fds does not form one device with consistent flags.
     #[error("the fds do not belong to one tap with consistent flags: {0}")]
     InconsistentQueues(String),
@@ -187,6 +260,7 @@ impl Error {
             | Self::VhostUnavailable { source, .. }
             | Self::Bind { source, .. }
             | Self::Ioctl { source, .. }
+            | Self::Netlink { source, .. }
             | Self::NotATapFd { source, .. } => source.raw_os_error(),
             _ => None,
         }
@@ -209,9 +283,13 @@ pub(crate) fn explain_open(err: &io::Error, what: &str) -> String {
     }
 }
 
-/// Plain words for a failed `TUNSETIFF`.
-pub(crate) fn explain_bind(err: &io::Error, mode: BindMode) -> String {
+/// Plain words for a failed `TUNSETIFF` on `name`.
+pub(crate) fn explain_bind(err: &io::Error, mode: BindMode, name: &str) -> String {
+    let template = name.is_empty() || name.contains("%d");
     match (err.raw_os_error(), mode) {
+        (Some(libc::ENFILE) | Some(libc::EEXIST), _) if template => {
+            "every name this template gives (cut to 15 bytes) is taken".into()
+        }
         (Some(libc::EPERM), BindMode::Create) => {
             "permission denied: creating a tap needs CAP_NET_ADMIN in the network namespace's user namespace".into()
         }
@@ -231,8 +309,7 @@ pub(crate) fn explain_bind(err: &io::Error, mode: BindMode) -> String {
             "the interface exists but is not a TAP device, or its multi-queue setting differs".into()
         }
         (Some(libc::E2BIG), _) => "more than 256 queues (the kernel's MAX_TAP_QUEUES)".into(),
-        (Some(libc::ENFILE), _) => "no free interface name is left for this template".into(),
-        (Some(libc::EEXIST), _) => "the fd is already bound to an interface".into(),
+        (Some(libc::EEXIST), _) => "an interface with this name already exists".into(),
         (Some(libc::ENOMEM), _) => "out of memory".into(),
         _ => err.to_string(),
     }

@@ -21,6 +21,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::link::{LinkState, MacAddr, TunLinkInfo};
 use crate::sys::{Offloads, TunFlags};
 use crate::syscalls::Syscalls;
 
@@ -51,8 +52,18 @@ pub enum Op {
     SetSndbuf,
     /// `tun_set_queue`.
     SetQueue,
-    /// `interface_exists`.
-    InterfaceExists,
+    /// `link_state`.
+    LinkState,
+    /// `exact_tun_flags`.
+    ExactTunFlags,
+    /// `delete_link`.
+    DeleteLink,
+    /// `tun_get_hwaddr`.
+    GetHwaddr,
+    /// `tun_in_this_netns`.
+    InThisNetns,
+    /// `vhost_get_features`.
+    VhostGetFeatures,
 }
 
 /// One recorded call: the operation and a short description of its argument.
@@ -77,6 +88,10 @@ pub struct FakeDevice {
     pub group: Option<u32>,
     /// Last offloads set.
     pub offloads: Offloads,
+    /// The user turned the carrier off (`IFF_NO_CARRIER`/`TUNSETCARRIER`).
+    pub carrier_off: bool,
+    index: u32,
+    mac: [u8; 6],
     queues: Vec<u64>,
 }
 
@@ -94,10 +109,16 @@ impl FakeDevice {
     pub fn queue_fds(&self) -> usize {
         self.queues.len()
     }
+
+    /// The interface index the fake gave the device.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
 }
 
 struct FakeFd {
     kept: UnixStream,
+    path: PathBuf,
     bound: Option<String>,
     detached: bool,
 }
@@ -107,11 +128,15 @@ struct State {
     features: Option<u32>,
     features_arg_seen: Vec<u32>,
     devices: BTreeMap<String, FakeDevice>,
-    others: BTreeSet<String>,
+    others: BTreeMap<String, u32>,
+    next_index: u32,
+    sysfs_hidden: bool,
+    vhost_net: BTreeSet<PathBuf>,
     fds: HashMap<u64, FakeFd>,
     calls: Vec<Call>,
     fail_call: Option<(usize, i32)>,
     fail_op: Vec<(Op, usize, i32)>,
+    removals: Vec<(Op, usize, String)>,
     op_counts: HashMap<Op, usize>,
     missing: BTreeSet<PathBuf>,
 }
@@ -138,7 +163,8 @@ fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
 
 impl FakeKernel {
     /// A fake of a current kernel: TUNGETFEATURES reports TUN, TAP,
-    /// NO_PI, ONE_QUEUE, VNET_HDR, MULTI_QUEUE and the NAPI flags.
+    /// NO_PI, ONE_QUEUE, VNET_HDR, MULTI_QUEUE and the NAPI flags, and
+    /// `/dev/vhost-net` is a vhost-net device.
     pub fn new() -> Self {
         let features = TunFlags::TUN
             | TunFlags::TAP
@@ -158,6 +184,7 @@ impl FakeKernel {
         Self {
             state: Mutex::new(State {
                 features,
+                vhost_net: BTreeSet::from([PathBuf::from(crate::open::VHOST_NET_PATH)]),
                 ..State::default()
             }),
         }
@@ -170,12 +197,29 @@ impl FakeKernel {
 
     /// Adds a non-tap interface (a veth, a bridge) named `name`.
     pub fn add_other_interface(&self, name: &str) {
-        self.lock().others.insert(name.to_string());
+        let mut st = self.lock();
+        let index = st.new_index();
+        st.others.insert(name.to_string(), index);
     }
 
     /// Adds an existing tap device, with no fds bound.
-    pub fn add_device(&self, name: &str, device: FakeDevice) {
-        self.lock().devices.insert(name.to_string(), device);
+    pub fn add_device(&self, name: &str, mut device: FakeDevice) {
+        let mut st = self.lock();
+        device.index = st.new_index();
+        device.mac = fake_mac(device.index);
+        st.devices.insert(name.to_string(), device);
+    }
+
+    /// Makes `exact_tun_flags` answer `None`, as when sysfs shows another
+    /// network namespace.
+    pub fn hide_sysfs(&self) {
+        self.lock().sysfs_hidden = true;
+    }
+
+    /// Makes fds opened from `path` vhost-net fds (`VHOST_GET_FEATURES`
+    /// works on them); fds of other paths answer `ENOTTY`.
+    pub fn add_vhost_net(&self, path: impl Into<PathBuf>) {
+        self.lock().vhost_net.insert(path.into());
     }
 
     /// Fails call number `n` (counting every call from 0) with `errno`.
@@ -186,6 +230,12 @@ impl FakeKernel {
     /// Fails the `nth` call (from 0) of operation `op` with `errno`.
     pub fn fail_op(&self, op: Op, nth: usize, errno: i32) {
         self.lock().fail_op.push((op, nth, errno));
+    }
+
+    /// Removes interface `name` just before the `nth` call (from 0) of
+    /// `op` runs, as a racing `ip link del` would.
+    pub fn remove_interface_before(&self, op: Op, nth: usize, name: &str) {
+        self.lock().removals.push((op, nth, name.to_string()));
     }
 
     /// Every call made so far.
@@ -235,11 +285,38 @@ impl FakeKernel {
         if let Some(&(_, _, e)) = st.fail_op.iter().find(|(o, n, _)| *o == op && *n == nth) {
             return Err(errno(e));
         }
+        let gone: Vec<String> = st
+            .removals
+            .iter()
+            .filter(|(o, n, _)| *o == op && *n == nth)
+            .map(|(_, _, name)| name.clone())
+            .collect();
+        for name in gone {
+            st.others.remove(&name);
+            if let Some(dev) = st.devices.remove(&name) {
+                for q in dev.queues {
+                    if let Some(f) = st.fds.get_mut(&q) {
+                        f.bound = None;
+                    }
+                }
+            }
+        }
         Ok(st)
     }
 }
 
+/// A locally administered unicast MAC derived from the index.
+fn fake_mac(index: u32) -> [u8; 6] {
+    let b = index.to_be_bytes();
+    [0x02, 0xfa, b[0], b[1], b[2], b[3]]
+}
+
 impl State {
+    fn new_index(&mut self) -> u32 {
+        self.next_index += 1;
+        self.next_index + 1
+    }
+
     /// Forgets fds whose every copy is closed, and removes devices whose
     /// last fd went away (unless persistent).
     fn reap(&mut self) {
@@ -276,7 +353,7 @@ impl State {
     }
 
     fn exists(&self, name: &str) -> bool {
-        self.devices.contains_key(name) || self.others.contains(name)
+        self.devices.contains_key(name) || self.others.contains_key(name)
     }
 
     fn expand(&self, name: &str) -> io::Result<String> {
@@ -304,6 +381,7 @@ impl Syscalls for FakeKernel {
             ino,
             FakeFd {
                 kept,
+                path: path.to_path_buf(),
                 bound: None,
                 detached: false,
             },
@@ -336,7 +414,7 @@ impl Syscalls for FakeKernel {
         let excl = flags.contains(TunFlags::TUN_EXCL);
         let mq = flags.contains(TunFlags::MULTI_QUEUE);
         let ifname = st.expand(name)?;
-        if st.others.contains(&ifname) {
+        if st.others.contains_key(&ifname) {
             return Err(errno(if excl { libc::EBUSY } else { libc::EINVAL }));
         }
         if let Some(dev) = st.devices.get_mut(&ifname) {
@@ -368,11 +446,14 @@ impl Syscalls for FakeKernel {
                 | TunFlags::ONE_QUEUE
                 | TunFlags::VNET_HDR
                 | TunFlags::MULTI_QUEUE;
+            let index = st.new_index();
             st.devices.insert(
                 ifname.clone(),
                 FakeDevice {
                     flags: flags & kept,
                     queues: vec![ino],
+                    index,
+                    mac: fake_mac(index),
                     ..FakeDevice::default()
                 },
             );
@@ -479,8 +560,107 @@ impl Syscalls for FakeKernel {
         Ok(())
     }
 
-    fn interface_exists(&self, name: &str) -> io::Result<bool> {
-        let st = self.enter(Op::InterfaceExists, name.to_string())?;
-        Ok(st.exists(name))
+    fn link_state(&self, name: &str) -> io::Result<Option<LinkState>> {
+        let st = self.enter(Op::LinkState, name.to_string())?;
+        if let Some(&index) = st.others.get(name) {
+            return Ok(Some(LinkState {
+                index,
+                name: name.to_string(),
+                kind: Some("veth".into()),
+                ..LinkState::default()
+            }));
+        }
+        let Some(dev) = st.devices.get(name) else {
+            return Ok(None);
+        };
+        let detached = dev
+            .queues
+            .iter()
+            .filter(|q| st.fds.get(q).is_some_and(|f| f.detached))
+            .count() as u32;
+        let bound = dev.queues.len() as u32;
+        let mq = dev.flags.contains(TunFlags::MULTI_QUEUE);
+        Ok(Some(LinkState {
+            index: dev.index,
+            name: name.to_string(),
+            mtu: Some(1500),
+            mac: Some(MacAddr(dev.mac)),
+            carrier: bound > 0 && !dev.carrier_off,
+            kind: Some("tun".into()),
+            tun: Some(TunLinkInfo {
+                owner: dev.owner,
+                group: dev.group,
+                tap: dev.flags.contains(TunFlags::TAP),
+                pi: !dev.flags.contains(TunFlags::NO_PI),
+                vnet_hdr: dev.flags.contains(TunFlags::VNET_HDR),
+                persist: dev.persist,
+                multi_queue: mq,
+                // As tun.c: the queue counts are reported for multi-queue
+                // devices only.
+                queues: if mq { bound - detached } else { 0 },
+                disabled_queues: if mq { detached } else { 0 },
+            }),
+            ..LinkState::default()
+        }))
+    }
+
+    fn exact_tun_flags(&self, link: &LinkState) -> Option<TunFlags> {
+        let st = self.enter(Op::ExactTunFlags, link.name.clone()).ok()?;
+        if st.sysfs_hidden {
+            return None;
+        }
+        let dev = st.devices.get(&link.name)?;
+        let mut flags = dev.flags;
+        flags.set(TunFlags::PERSIST, dev.persist);
+        (dev.index == link.index).then_some(flags)
+    }
+
+    fn delete_link(&self, index: u32) -> io::Result<()> {
+        let mut st = self.enter(Op::DeleteLink, index.to_string())?;
+        if let Some(name) = st
+            .others
+            .iter()
+            .find(|(_, i)| **i == index)
+            .map(|(n, _)| n.clone())
+        {
+            st.others.remove(&name);
+            return Ok(());
+        }
+        let name = st
+            .devices
+            .iter()
+            .find(|(_, d)| d.index == index)
+            .map(|(n, _)| n.clone())
+            .ok_or_else(|| errno(libc::ENODEV))?;
+        let dev = st.devices.remove(&name).expect("found above");
+        for q in dev.queues {
+            if let Some(f) = st.fds.get_mut(&q) {
+                f.bound = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn tun_get_hwaddr(&self, fd: BorrowedFd<'_>) -> io::Result<[u8; 6]> {
+        let st = self.enter(Op::GetHwaddr, String::new())?;
+        let (_, name) = st.bound(inode(fd)?)?;
+        let dev = st.devices.get(&name).ok_or_else(|| errno(libc::ENODEV))?;
+        Ok(dev.mac)
+    }
+
+    fn tun_in_this_netns(&self, fd: BorrowedFd<'_>) -> io::Result<Option<bool>> {
+        let st = self.enter(Op::InThisNetns, String::new())?;
+        st.bound(inode(fd)?)?;
+        Ok(Some(true))
+    }
+
+    fn vhost_get_features(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
+        let st = self.enter(Op::VhostGetFeatures, String::new())?;
+        let f = st.fds.get(&inode(fd)?).ok_or_else(|| errno(libc::ENOTTY))?;
+        if st.vhost_net.contains(&f.path) {
+            Ok(crate::sys::VHOST_NET_F_VIRTIO_NET_HDR | (1 << 15))
+        } else {
+            Err(errno(libc::ENOTTY))
+        }
     }
 }

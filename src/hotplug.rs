@@ -46,7 +46,8 @@ impl HotplugError {
     pub fn is_invalid_input(&self) -> bool {
         match self {
             Self::Open(e) => e.is_invalid_input(),
-            Self::InvalidId(_) | Self::Link(LinkError::InvalidMac(_)) => true,
+            Self::Link(e) => e.is_invalid_input(),
+            Self::InvalidId(_) => true,
             _ => false,
         }
     }
@@ -95,7 +96,7 @@ pub fn add_with(
     validate_id(&opts.id)?;
     opts.open.validate()?;
     let tap = open_tap_with(sys, &opts.open)?;
-    link::configure(tap.name(), &opts.link)?;
+    link::configure(tap.name(), &opts.link)?.keep();
     plug(qmp, &opts.id, &tap, &opts.driver, opts.mac)?;
     // QEMU holds its own copies now; ours close when `tap` drops.
     Ok(tap.name().to_string())

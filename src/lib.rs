@@ -32,7 +32,7 @@ pub mod sys;
 pub mod syscalls;
 pub mod tap;
 
-pub use error::{Error, NameProblem, Result};
+pub use error::{Action, Error, NameProblem, Result};
 pub use open::{
     Features, MAX_QUEUES, OpenOptions, VnetHdr, open_tap, open_tap_with, probe_multi_queue,
     probe_multi_queue_with, probe_vnet_hdr, probe_vnet_hdr_with, tun_features, tun_features_with,
@@ -41,6 +41,6 @@ pub use open::{
 pub use sys::{Offloads, TunFlags};
 pub use syscalls::{Kernel, Syscalls};
 pub use tap::{
-    PersistentOptions, Tap, TapInfo, TapQueue, check_queues, create_persistent, delete_persistent,
-    inspect_fd,
+    FdStatus, PersistentOptions, Tap, TapInfo, TapQueue, TapStatus, check_queues,
+    create_persistent, delete_persistent, inspect_fd, inspect_fd_status, tap_status,
 };

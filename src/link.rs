@@ -35,32 +35,110 @@ pub enum LinkError {
     /// The bridge named is not a bridge.
     #[error("\"{0}\" is not a bridge")]
     NotABridge(String),
+    /// The bridge's MTU is more than a tap can take.
+    #[error(
+        "bridge \"{bridge}\" has MTU {mtu}, more than a tap can take ({TAP_MAX_MTU}): lower the bridge's MTU or give --mtu"
+    )]
+    BridgeMtu {
+        /// The bridge.
+        bridge: String,
+        /// Its MTU.
+        mtu: u32,
+    },
     /// The interface is not a TUN/TAP device.
     #[error("\"{0}\" exists but is not a TAP device")]
     NotATap(String),
-    /// A MAC address did not parse.
-    #[error("invalid MAC address \"{0}\": expected six hex bytes like 52:54:00:12:34:56")]
-    InvalidMac(String),
+    /// A MAC address was refused.
+    #[error("invalid MAC address \"{mac}\": {problem}")]
+    InvalidMac {
+        /// The text given.
+        mac: String,
+        /// What is wrong with it.
+        problem: MacProblem,
+    },
+    /// An MTU outside what a tap takes.
+    #[error("invalid MTU {0}: a tap takes {TAP_MIN_MTU} to {TAP_MAX_MTU}")]
+    InvalidMtu(u32),
 }
 
-/// A MAC address.
+impl LinkError {
+    /// True for errors in the caller's input (nothing was touched).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, Self::InvalidMac { .. } | Self::InvalidMtu(_))
+    }
+}
+
+/// The smallest MTU a tap takes (`ETH_MIN_MTU`).
+pub const TAP_MIN_MTU: u32 = 68;
+/// The largest MTU a tap takes (65535 less the Ethernet header, as tun.c
+/// sets `max_mtu`).
+pub const TAP_MAX_MTU: u32 = 65521;
+
+/// Checks an MTU against what a tap takes.
+pub fn check_tap_mtu(mtu: u32) -> Result<u32, LinkError> {
+    if (TAP_MIN_MTU..=TAP_MAX_MTU).contains(&mtu) {
+        Ok(mtu)
+    } else {
+        Err(LinkError::InvalidMtu(mtu))
+    }
+}
+
+/// Why a MAC address was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacProblem {
+    /// Not six two-digit hex groups with one kind of separator.
+    Syntax,
+    /// The group bit is set (first byte odd): not a NIC's address.
+    Multicast,
+    /// All zero.
+    Zero,
+}
+
+impl fmt::Display for MacProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Syntax => {
+                "expected six two-digit hex bytes separated by ':' (or all by '-'), like 52:54:00:12:34:56"
+            }
+            Self::Multicast => {
+                "it is a multicast address (the first byte is odd), which no NIC can have"
+            }
+            Self::Zero => "the all-zero address is not a NIC's address",
+        })
+    }
+}
+
+/// A NIC's MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl FromStr for MacAddr {
     type Err = LinkError;
+    /// Parses `52:54:00:12:34:56` (or with `-` throughout): exactly six
+    /// groups of two hex digits. Multicast and all-zero addresses are
+    /// refused: this is the address of a NIC.
     fn from_str(s: &str) -> Result<Self, LinkError> {
-        let bad = || LinkError::InvalidMac(s.to_string());
-        let parts: Vec<&str> = s.split([':', '-']).collect();
+        let bad = |problem| LinkError::InvalidMac {
+            mac: s.to_string(),
+            problem,
+        };
+        let sep = if s.contains(':') { ':' } else { '-' };
+        let parts: Vec<&str> = s.split(sep).collect();
         if parts.len() != 6 {
-            return Err(bad());
+            return Err(bad(MacProblem::Syntax));
         }
         let mut mac = [0u8; 6];
         for (b, p) in mac.iter_mut().zip(parts) {
-            if p.len() != 2 {
-                return Err(bad());
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad(MacProblem::Syntax));
             }
-            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad(MacProblem::Syntax))?;
+        }
+        if mac[0] & 1 == 1 {
+            return Err(bad(MacProblem::Multicast));
+        }
+        if mac == [0; 6] {
+            return Err(bad(MacProblem::Zero));
         }
         Ok(MacAddr(mac))
     }
@@ -113,6 +191,9 @@ pub struct LinkState {
     pub mac: Option<MacAddr>,
     /// Administratively up.
     pub up: bool,
+    /// Carrier on. A tap has carrier while a queue is attached (unless its
+    /// user turned it off with `IFF_NO_CARRIER`/`TUNSETCARRIER`).
+    pub carrier: bool,
     /// Index of its bridge (or other controller).
     pub master: Option<u32>,
     /// Link kind (`bridge`, `tun`, `veth`...).
@@ -182,6 +263,7 @@ fn parse_link(msg: &LinkMessage) -> LinkState {
                 st.mac = Some(MacAddr(m));
             }
             LinkAttribute::Controller(c) => st.master = Some(*c),
+            LinkAttribute::Carrier(c) => st.carrier = *c != 0,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -211,7 +293,7 @@ impl Netlink {
     }
 
     /// [`Netlink::open`], with the error naming the interface it was for.
-    fn open_for(ifname: &str) -> Result<Self, LinkError> {
+    pub(crate) fn open_for(ifname: &str) -> Result<Self, LinkError> {
         Self::open().map_err(|source| LinkError::Netlink {
             step: "opening a netlink socket".into(),
             ifname: ifname.into(),
@@ -298,15 +380,27 @@ impl Netlink {
             })
     }
 
+    /// Sets the link administratively up or down.
+    fn set_admin(&mut self, link: &LinkState, up: bool) -> Result<(), LinkError> {
+        let mut msg = LinkMessage::default();
+        if up {
+            msg.header.flags = LinkFlags::Up;
+        }
+        msg.header.change_mask = LinkFlags::Up;
+        let step = if up {
+            "bringing the link up"
+        } else {
+            "bringing the link down"
+        };
+        self.set(link, step.into(), msg)
+    }
+
     /// Brings the link up (no-op when it is up already).
     pub fn set_up(&mut self, link: &LinkState) -> Result<(), LinkError> {
         if link.up {
             return Ok(());
         }
-        let mut msg = LinkMessage::default();
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        self.set(link, "bringing the link up".into(), msg)
+        self.set_admin(link, true)
     }
 
     /// Sets the MTU (no-op when it has it already).
@@ -334,13 +428,32 @@ impl Netlink {
         if link.master == Some(master.index) {
             return Ok(());
         }
+        self.set_master_index(link, master.index, &master.name)
+    }
+
+    fn set_master_index(
+        &mut self,
+        link: &LinkState,
+        index: u32,
+        name: &str,
+    ) -> Result<(), LinkError> {
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::Controller(master.index));
-        self.set(
-            link,
-            format!("adding it to bridge \"{}\"", master.name),
-            msg,
-        )
+        msg.attributes.push(LinkAttribute::Controller(index));
+        let step = if index == 0 {
+            "releasing it from its bridge".to_string()
+        } else {
+            format!("adding it to bridge \"{name}\"")
+        };
+        self.set(link, step, msg)
+    }
+
+    /// Deletes the link with this index (`RTM_DELLINK` by index, so a link
+    /// that was replaced under the same name in the meantime is left
+    /// alone). `ENODEV` when it is gone already.
+    pub fn delete_index(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(msg)).map(|_| ())
     }
 }
 
@@ -363,48 +476,180 @@ impl LinkOptions {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Checks the options and the host before anything is created: the
+    /// MTU is one a tap takes, and the bridge exists, is a Linux bridge and
+    /// has an MTU a tap can take (unless an MTU is given).
+    pub fn check(&self) -> Result<(), LinkError> {
+        if let Some(mtu) = self.mtu {
+            check_tap_mtu(mtu)?;
+        }
+        if let Some(br) = &self.bridge {
+            let mut nl = Netlink::open_for(br)?;
+            let bridge = require_bridge(&mut nl, br)?;
+            if self.mtu.is_none() {
+                bridge_mtu(&bridge)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn require_bridge(nl: &mut Netlink, name: &str) -> Result<LinkState, LinkError> {
+    let b = nl.require(name)?;
+    if b.kind.as_deref() != Some("bridge") {
+        return Err(LinkError::NotABridge(name.to_string()));
+    }
+    Ok(b)
+}
+
+fn bridge_mtu(bridge: &LinkState) -> Result<Option<u32>, LinkError> {
+    match bridge.mtu {
+        Some(mtu) if mtu > TAP_MAX_MTU => Err(LinkError::BridgeMtu {
+            bridge: bridge.name.clone(),
+            mtu,
+        }),
+        other => Ok(other),
+    }
+}
+
+/// One change [`configure`] made, with the value to put back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undo {
+    Mtu(u32),
+    Mac(MacAddr),
+    Master(u32),
+    Down,
+}
+
+/// What [`configure`] changed on a link, so that it can be put back when
+/// a later step fails (for a tap that outlives the failure: a persistent
+/// tap that was attached to). A new tap needs none of this: it goes away
+/// with its fds.
+#[derive(Debug)]
+#[must_use = "call keep() when the changes are to stay, undo() when a later step failed"]
+pub struct LinkChanges {
+    ifname: String,
+    index: u32,
+    undo: Vec<Undo>,
+}
+
+impl LinkChanges {
+    /// True when nothing was changed.
+    pub fn is_empty(&self) -> bool {
+        self.undo.is_empty()
+    }
+
+    /// The changes stay.
+    pub fn keep(self) {}
+
+    /// Puts every changed setting back, last change first. Every step is
+    /// tried; the first failure is returned.
+    pub fn undo(self) -> Result<(), LinkError> {
+        if self.undo.is_empty() {
+            return Ok(());
+        }
+        let mut nl = Netlink::open_for(&self.ifname)?;
+        let link = LinkState {
+            index: self.index,
+            name: self.ifname.clone(),
+            ..LinkState::default()
+        };
+        let mut first = None;
+        for step in self.undo.iter().rev() {
+            log::debug!("{}: undoing {step:?}", self.ifname);
+            let r = match step {
+                Undo::Mtu(mtu) => nl.set_mtu(&link, *mtu),
+                Undo::Mac(mac) => nl.set_mac(&link, *mac),
+                Undo::Master(index) => nl.set_master_index(&link, *index, ""),
+                Undo::Down => nl.set_admin(&link, false),
+            };
+            if let Err(e) = r {
+                log::warn!("could not undo a change on {}: {e}", self.ifname);
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
 }
 
 /// Configures the host side of `ifname` as Ganeti's bridged mode does:
 /// MTU, MAC, bridge, then up. Each step is skipped when already done.
-pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<(), LinkError> {
+///
+/// Returns what was changed. If a step fails, the steps before it are
+/// undone before the error is returned.
+pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkError> {
+    let mut changes = LinkChanges {
+        ifname: ifname.to_string(),
+        index: 0,
+        undo: Vec::new(),
+    };
     if opts.is_empty() {
-        return Ok(());
+        return Ok(changes);
+    }
+    if let Some(mtu) = opts.mtu {
+        check_tap_mtu(mtu)?;
     }
     let mut nl = Netlink::open_for(ifname)?;
     let bridge = match &opts.bridge {
-        Some(br) => {
-            let b = nl.require(br)?;
-            if b.kind.as_deref() != Some("bridge") {
-                return Err(LinkError::NotABridge(br.clone()));
-            }
-            Some(b)
-        }
+        Some(br) => Some(require_bridge(&mut nl, br)?),
         None => None,
     };
     let tap = nl.require(ifname)?;
-    let mtu = opts.mtu.or(bridge.as_ref().and_then(|b| b.mtu));
-    if let Some(mtu) = mtu {
+    changes.index = tap.index;
+    let result = apply(&mut nl, &tap, bridge.as_ref(), opts, &mut changes.undo);
+    match result {
+        Ok(()) => Ok(changes),
+        Err(e) => {
+            let _ = changes.undo();
+            Err(e)
+        }
+    }
+}
+
+fn apply(
+    nl: &mut Netlink,
+    tap: &LinkState,
+    bridge: Option<&LinkState>,
+    opts: &LinkOptions,
+    undo: &mut Vec<Undo>,
+) -> Result<(), LinkError> {
+    let ifname = &tap.name;
+    let mtu = match opts.mtu {
+        Some(mtu) => Some(mtu),
+        None => bridge.map(bridge_mtu).transpose()?.flatten(),
+    };
+    if let Some(mtu) = mtu
+        && tap.mtu != Some(mtu)
+    {
         log::debug!("{ifname}: MTU {mtu}");
-        nl.set_mtu(&tap, mtu)?;
+        nl.set_mtu(tap, mtu)?;
+        undo.extend(tap.mtu.map(Undo::Mtu));
     }
     let mac = opts.mac.or_else(|| {
-        bridge.as_ref()?;
+        bridge?;
         let mut m = tap.mac?;
         m.0[0] = 0xfe;
         Some(m)
     });
-    if let Some(mac) = mac {
+    if let Some(mac) = mac
+        && tap.mac != Some(mac)
+    {
         log::debug!("{ifname}: MAC {mac}");
-        nl.set_mac(&tap, mac)?;
+        nl.set_mac(tap, mac)?;
+        undo.extend(tap.mac.map(Undo::Mac));
     }
-    if let Some(b) = &bridge {
+    if let Some(b) = bridge
+        && tap.master != Some(b.index)
+    {
         log::debug!("{ifname}: enslaving to {}", b.name);
-        nl.set_master(&tap, b)?;
+        nl.set_master(tap, b)?;
+        undo.push(Undo::Master(tap.master.unwrap_or(0)));
     }
-    if opts.up || bridge.is_some() {
+    if (opts.up || bridge.is_some()) && !tap.up {
         log::debug!("{ifname}: up");
-        nl.set_up(&tap)?;
+        nl.set_up(tap)?;
+        undo.push(Undo::Down);
     }
     Ok(())
 }
@@ -433,9 +678,64 @@ mod tests {
             "52:54:00:ab:cd:0f:11",
             "zz:54:00:ab:cd:0f",
             "5:54:00:ab:cd:0f",
+            "+2:54:00:ab:cd:0f",
+            "52:54-00:ab:cd:0f",
+            "52-54-00-ab-cd:0f",
+            "52:54:00:ab:cd:0f ",
+            " 52:54:00:ab:cd:0f",
+            "052:54:00:ab:cd:0",
+            "52:54:00:ab:cd:0f:",
+            "5254.00ab.cd0f",
         ] {
             let err = bad.parse::<MacAddr>().unwrap_err();
             assert!(err.to_string().contains("invalid MAC address"), "{bad}");
+            assert!(err.is_invalid_input());
+            assert!(
+                matches!(
+                    err,
+                    LinkError::InvalidMac {
+                        problem: MacProblem::Syntax,
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            "52-54-00-ab-cd-0f".parse::<MacAddr>().unwrap(),
+            "52:54:00:ab:cd:0f".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn multicast_broadcast_and_zero_macs_are_not_nic_addresses() {
+        for (bad, problem) in [
+            ("01:00:5e:00:00:01", MacProblem::Multicast),
+            ("33:33:00:00:00:01", MacProblem::Multicast),
+            ("ff:ff:ff:ff:ff:ff", MacProblem::Multicast),
+            ("00:00:00:00:00:00", MacProblem::Zero),
+        ] {
+            match bad.parse::<MacAddr>() {
+                Err(LinkError::InvalidMac { problem: p, .. }) => assert_eq!(p, problem, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        "02:00:00:00:00:01".parse::<MacAddr>().unwrap();
+        "fe:54:00:12:34:56".parse::<MacAddr>().unwrap();
+    }
+
+    #[test]
+    fn mtus_a_tap_takes() {
+        for ok in [68, 1500, 9000, 65521] {
+            assert_eq!(check_tap_mtu(ok).unwrap(), ok);
+        }
+        for bad in [0, 67, 65522, 65535, u32::MAX] {
+            let err = check_tap_mtu(bad).unwrap_err();
+            assert!(err.is_invalid_input());
+            assert_eq!(
+                err.to_string(),
+                format!("invalid MTU {bad}: a tap takes 68 to 65521")
+            );
         }
     }
 }

@@ -4,6 +4,7 @@
 //! one line on stderr with exit code 2 (invalid arguments, nothing touched)
 //! or 1 (a failure from the system).
 
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -69,13 +70,11 @@ enum Command {
         #[command(flatten)]
         paths: DevicePaths,
     },
-    /// Delete a persistent tap (refuses anything that is not a tap).
+    /// Delete a persistent tap that nobody uses (refuses anything else).
     #[command(after_help = "Example:\n  vmtap delete vm1tap")]
     Delete {
         /// Interface name.
         name: String,
-        #[command(flatten)]
-        paths: DevicePaths,
     },
     /// Hot-plug a NIC into a running QEMU over QMP, or remove it.
     #[command(subcommand)]
@@ -219,8 +218,8 @@ struct OpenArgs {
     /// QEMU netdev id used in {netdev} and {device}.
     #[arg(long, default_value = "net0")]
     id: String,
-    /// MTU of the tap (default with --bridge: the bridge's).
-    #[arg(long)]
+    /// MTU of the tap, 68 to 65521 (default with --bridge: the bridge's).
+    #[arg(long, value_parser = parse_mtu)]
     mtu: Option<u32>,
     /// MAC of the tap (default with --bridge: its own with first byte 0xfe).
     #[arg(long, value_parser = parse_mac)]
@@ -242,6 +241,13 @@ fn parse_vnet_hdr(s: &str) -> Result<VnetHdr, String> {
 
 fn parse_mac(s: &str) -> Result<MacAddr, String> {
     s.parse().map_err(|e: LinkError| e.to_string())
+}
+
+fn parse_mtu(s: &str) -> Result<u32, String> {
+    let mtu: u32 = s
+        .parse()
+        .map_err(|_| format!("invalid MTU \"{s}\": not a number"))?;
+    link::check_tap_mtu(mtu).map_err(|e| e.to_string())
 }
 
 /// A failure of the command, with its exit code.
@@ -269,7 +275,8 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             Self::Core(e) if e.is_invalid_input() => 2,
-            Self::Link(LinkError::InvalidMac(_)) | Self::Invalid(_) => 2,
+            Self::Link(e) if e.is_invalid_input() => 2,
+            Self::Invalid(_) => 2,
             Self::Hotplug(e) if e.is_invalid_input() => 2,
             _ => 1,
         }
@@ -298,14 +305,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmtap: {}", one_line(&e));
+            // A closed or full stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "vmtap: {}", one_line(&e));
             ExitCode::from(e.exit_code())
         }
     }
 }
 
+/// Writes `text` to stdout and flushes it: a closed pipe or a full disk is
+/// an error (exit 1), never a panic. (A stdout closed with `>&-` is not
+/// seen: Rust's runtime puts /dev/null on a closed fd 0-2 before `main`,
+/// which also keeps a tap fd from ever landing on fd 1.)
+fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| CliError::Io {
+            what: "writing to standard output".into(),
+            source,
+        })
+}
+
 fn init_logging(verbose: bool) {
-    use std::io::Write;
     let level = if verbose {
         log::LevelFilter::Debug
     } else {
@@ -351,11 +372,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let sys = vmtap::Kernel;
             let info = vmtap::tap::create_persistent_with(&sys, &paths.tun_device, &name, &opts)?;
             log::debug!("created persistent tap {}", info.name);
-            println!("{}", info.name);
-            Ok(())
+            emit(&format!("{}\n", info.name))
         }
-        Command::Delete { name, paths } => {
-            vmtap::tap::delete_persistent_with(&vmtap::Kernel, &paths.tun_device, &name)?;
+        Command::Delete { name } => {
+            vmtap::delete_persistent(&name)?;
             log::debug!("deleted {name}");
             Ok(())
         }
@@ -398,9 +418,9 @@ fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
         })?;
     let flags = vmtap::tun_features(tun.as_fd());
     let has = |f: vmtap::TunFlags| flags.is_some_and(|x| x.contains(f));
-    let vhost = vmtap::Kernel.open_device(&paths.vhost_device);
+    let vhost = vmtap::open::check_vhost_net_path(&paths.vhost_device);
     if let Err(e) = &vhost {
-        log::debug!("{}: {e}", paths.vhost_device.display());
+        log::debug!("{e}");
     }
     let out = json!({
         "flags": flags.map(|f| f.bits()),
@@ -412,19 +432,20 @@ fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
         "napi": has(vmtap::TunFlags::NAPI),
         "vhost_net": vhost.is_ok(),
     });
-    print_object(&out, as_json);
-    Ok(())
+    print_object(&out, as_json)
 }
 
 /// Prints a JSON object as JSON, or as `key: value` lines.
-fn print_object(out: &serde_json::Value, as_json: bool) {
+fn print_object(out: &serde_json::Value, as_json: bool) -> Result<(), CliError> {
+    let mut text = String::new();
     if as_json {
-        println!("{out}");
+        text = format!("{out}\n");
     } else {
         for (k, v) in out.as_object().into_iter().flatten() {
-            println!("{k}: {v}");
+            text.push_str(&format!("{k}: {v}\n"));
         }
     }
+    emit(&text)
 }
 
 fn open(args: OpenArgs) -> Result<(), CliError> {
@@ -437,12 +458,15 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
     };
     let opts = args.tap.options().attach_existing(args.attach_existing);
     opts.validate()?;
-    if args.id.is_empty() || args.id.contains([',', '=']) {
-        return Err(CliError::Invalid(format!(
-            "invalid --id \"{}\": must be non-empty, without ',' or '='",
-            args.id
-        )));
-    }
+    vmtap::hotplug::validate_id(&args.id)?;
+    let link_opts = LinkOptions {
+        mtu: args.mtu,
+        mac: args.mac,
+        bridge: args.bridge.clone(),
+        up: args.up,
+    };
+    // The bridge is checked before a tap exists.
+    link_opts.check()?;
 
     let tap = opts.open()?;
     log::debug!(
@@ -451,50 +475,66 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
         tap.queues().len(),
         tap.flags()
     );
-    let link_opts = LinkOptions {
-        mtu: args.mtu,
-        mac: args.mac,
-        bridge: args.bridge.clone(),
-        up: args.up,
+    // A failed step undoes the ones before it inside configure().
+    let changes = link::configure(tap.name(), &link_opts)?;
+    let err = hand_over(tap, &args.id, program, program_args);
+    // Only a failure gets here. A new tap vanishes with its fds; a tap
+    // that was attached to outlives vmtap, so its settings are put back.
+    if args.attach_existing {
+        if let Err(e) = changes.undo() {
+            log::warn!("{e}");
+        }
+    } else {
+        changes.keep();
+    }
+    Err(err)
+}
+
+/// Verifies the fds, expands the placeholders and execs the program with
+/// the tap and vhost fds inherited. Returns only on failure.
+fn hand_over(tap: vmtap::Tap, id: &str, program: &str, program_args: &[String]) -> CliError {
+    let info: TapInfo = match tap.verify() {
+        Ok(info) => info,
+        Err(e) => return e.into(),
     };
-    // On failure `tap` is dropped here: its fds close and the kernel removes
-    // the interface, so nothing is left half-configured.
-    link::configure(tap.name(), &link_opts)?;
-    let info: TapInfo = tap.verify()?;
     log::debug!(
         "verified {} fd(s) of {} with TUNGETIFF",
         tap.queues().len(),
         info.name
     );
-
     let (ifname, tap_fds, vhost_fds) = tap.into_parts();
     let nums = |fds: &[OwnedFd]| fds.iter().map(|f| f.as_raw_fd()).collect::<Vec<i32>>();
     let (tap_nums, vhost_nums) = (nums(&tap_fds), nums(&vhost_fds));
-    let netdev = vmtap::qemu::netdev_arg(&args.id, &tap_nums, &vhost_nums);
-    let device = vmtap::qemu::device_opts(&args.id, tap_nums.len());
+    let netdev = vmtap::qemu::netdev_arg(id, &tap_nums, &vhost_nums);
+    let device = vmtap::qemu::device_opts(id, tap_nums.len());
     let fds = vmtap::qemu::join_fds(&tap_nums);
     let vhostfds = vmtap::qemu::join_fds(&vhost_nums);
-    let expand = |a: &String| {
-        a.replace("{ifname}", &ifname)
-            .replace("{fds}", &fds)
-            .replace("{vhostfds}", &vhostfds)
-            .replace("{netdev}", &netdev)
-            .replace("{device}", &device)
-    };
-    let argv: Vec<String> = program_args.iter().map(expand).collect();
+    let values = [
+        ("ifname", ifname.as_str()),
+        ("fds", fds.as_str()),
+        ("vhostfds", vhostfds.as_str()),
+        ("netdev", netdev.as_str()),
+        ("device", device.as_str()),
+    ];
+    let argv: Vec<String> = program_args
+        .iter()
+        .map(|a| vmtap::qemu::expand_placeholders(a, &values))
+        .collect();
 
     for fd in tap_fds.iter().chain(&vhost_fds) {
-        vmtap::sys::set_cloexec(fd.as_fd(), false).map_err(|source| CliError::Io {
-            what: "clearing close-on-exec".into(),
-            source,
-        })?;
+        if let Err(source) = vmtap::sys::set_cloexec(fd.as_fd(), false) {
+            return CliError::Io {
+                what: "clearing close-on-exec".into(),
+                source,
+            };
+        }
     }
     log::debug!("exec {program} {argv:?}");
     let err = std::process::Command::new(program).args(&argv).exec();
-    Err(CliError::Io {
+    CliError::Io {
         what: format!("cannot run \"{program}\""),
         source: err,
-    })
+    }
 }
 
 fn seconds(s: f64) -> Result<std::time::Duration, CliError> {
@@ -524,58 +564,58 @@ fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
     let mut conn = vmtap::qmp::Qmp::connect(&args.qmp, t)?;
     let ifname = vmtap::hotplug::add(&mut conn, &opts)?;
     if args.json {
-        println!("{}", json!({ "ifname": ifname, "id": args.id }));
+        emit(&format!("{}\n", json!({ "ifname": ifname, "id": args.id })))
     } else {
-        println!("{ifname}");
+        emit(&format!("{ifname}\n"))
     }
-    Ok(())
 }
 
 fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), CliError> {
-    let out = match (name, fd) {
+    let (status, this_netns, info) = match (name, fd) {
         (_, Some(n)) => {
             let dup = vmtap::sys::dup_inherited_fd(n).map_err(|source| CliError::Io {
                 what: format!("fd {n} is not open"),
                 source,
             })?;
-            let info = vmtap::inspect_fd(dup.as_fd()).map_err(|e| match e {
+            let st = vmtap::tap::inspect_fd_status(dup.as_fd()).map_err(|e| match e {
                 vmtap::Error::NotATapFd { cause, source, .. } => vmtap::Error::NotATapFd {
                     fd: n,
                     cause,
                     source,
                 },
+                vmtap::Error::FdIsTun { ifname, .. } => vmtap::Error::FdIsTun { fd: n, ifname },
                 other => other,
             })?;
-            // Owner, group and queue count come from netlink, when the fd's
-            // device is in this network namespace.
-            let tun = link::tun_info(&info.name)
-                .ok()
-                .filter(|t| t.multi_queue == info.multi_queue() && t.vnet_hdr == info.vnet_hdr());
-            json!({
-                "ifname": info.name,
-                "persistent": info.persistent(),
-                "owner": tun.as_ref().and_then(|t| t.owner),
-                "group": tun.as_ref().and_then(|t| t.group),
-                "multi_queue": info.multi_queue(),
-                "vnet_hdr": info.vnet_hdr(),
-                "queues": tun.as_ref().map(|t| t.queues),
-            })
+            (st.status, st.in_this_netns, Some(st.info))
         }
-        (Some(name), None) => {
-            vmtap::validate_name(&name, false)?;
-            let t = link::tun_info(&name)?;
-            json!({
-                "ifname": name,
-                "persistent": t.persist,
-                "owner": t.owner,
-                "group": t.group,
-                "multi_queue": t.multi_queue,
-                "vnet_hdr": t.vnet_hdr,
-                "queues": t.queues,
-            })
-        }
+        (Some(name), None) => (Some(vmtap::tap::tap_status(&name)?), Some(true), None),
         (None, None) => return Err(CliError::Invalid("inspect needs NAME or --fd N".into())),
     };
-    print_object(&out, as_json);
-    Ok(())
+    // From the fd when its device is elsewhere: what TUNGETIFF tells.
+    let out = match (&status, &info) {
+        (Some(t), _) => json!({
+            "ifname": t.name,
+            "this_netns": this_netns,
+            "persistent": t.persistent,
+            "owner": t.owner,
+            "group": t.group,
+            "multi_queue": t.multi_queue,
+            "vnet_hdr": t.vnet_hdr,
+            "queues": t.queues,
+            "disabled_queues": t.disabled_queues,
+        }),
+        (None, Some(i)) => json!({
+            "ifname": i.name,
+            "this_netns": this_netns,
+            "persistent": i.persistent(),
+            "owner": null,
+            "group": null,
+            "multi_queue": i.multi_queue(),
+            "vnet_hdr": i.vnet_hdr(),
+            "queues": if i.multi_queue() { json!(null) } else { json!(1) },
+            "disabled_queues": null,
+        }),
+        (None, None) => unreachable!("a name gives a status"),
+    };
+    print_object(&out, as_json)
 }

@@ -8,10 +8,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{BindMode, Error, NameProblem, Result, explain_open};
+use crate::error::{Action, BindMode, Error, NameProblem, Result, explain_open};
+use crate::link::{LinkState, MacAddr, TunLinkInfo};
 use crate::sys::{IFNAME_MAX, TunFlags};
 use crate::syscalls::{Kernel, Syscalls};
-use crate::tap::{Tap, TapQueue, bind, exists, inspect_fd_with, open_tun, tap_flags};
+use crate::tap::{Tap, TapQueue, bind, lookup_link, open_tun, tap_flags};
 
 /// The TUN/TAP clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -86,10 +87,15 @@ pub fn probe_multi_queue_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> bool {
 }
 
 /// Checks an interface name against the kernel's rules before any syscall:
-/// 1 to 15 bytes, not `.` or `..`, no `/`, `:`, whitespace or NUL, and at
-/// most one `%`, only as `%d` (a template; refused when `allow_template` is
-/// false). The kernel would cut a long name silently; we refuse it.
+/// 1 to 15 bytes, not `.` or `..`, no `/`, `:`, NUL or byte the kernel's
+/// `isspace()` counts as a space (tab, newline, vertical tab, form feed,
+/// carriage return, space, and 0xA0, which is inside UTF-8 characters such
+/// as `à`), and at most one `%`, only as `%d` (a template; refused when
+/// `allow_template` is false). The kernel would cut a long name silently;
+/// we refuse it. A name accepted here is created by the kernel exactly as
+/// it is (the property tests check this against the kernel).
 pub fn validate_name(name: &str, allow_template: bool) -> Result<()> {
+    let kernel_space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0);
     let problem = if name.is_empty() {
         Some(NameProblem::Empty)
     } else if name.len() > IFNAME_MAX {
@@ -100,8 +106,13 @@ pub fn validate_name(name: &str, allow_template: bool) -> Result<()> {
         Some(NameProblem::Forbidden(c))
     } else if name.contains('\0') {
         Some(NameProblem::Nul)
-    } else if name.chars().any(char::is_whitespace) {
+    } else if name.bytes().any(|b| b.is_ascii() && kernel_space(b)) {
         Some(NameProblem::Whitespace)
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| c.to_string().bytes().any(kernel_space))
+    {
+        Some(NameProblem::SpaceByte(c))
     } else if name.matches('%').count() > 1 || (name.contains('%') && !name.contains("%d")) {
         Some(NameProblem::Percent)
     } else if name.contains("%d") && !allow_template {
@@ -292,10 +303,16 @@ pub fn open_tap(name: Option<&str>, features: &Features) -> Result<Tap> {
 /// [`open_tap`] with every option, over any [`Syscalls`].
 pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> {
     opts.validate()?;
-    let queues = opts.features.queues;
-    let name = opts.name.as_deref().unwrap_or("");
+    match opts.name.as_deref() {
+        Some(name) if opts.attach_existing => attach(sys, opts, name),
+        name => create(sys, opts, name.unwrap_or("")),
+    }
+}
 
-    let mut first = open_tun(&*sys, &opts.tun_path)?;
+/// Creates a new tap (refusing an existing interface) with N queues.
+fn create(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap> {
+    let queues = opts.features.queues;
+    let first = open_tun(&*sys, &opts.tun_path)?;
     let features = read_features(|out| sys.clone_device_features(first.as_fd(), out));
     let supported = |flag: TunFlags| features.is_some_and(|f| f.contains(flag));
 
@@ -317,96 +334,182 @@ pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> 
     }
 
     // vhost-net first: when it is missing, no interface is created at all.
-    let mut vhost = Vec::new();
-    if opts.features.vhost {
-        vhost.reserve_exact(queues);
-        for _ in 0..queues {
-            vhost.push(open_vhost(&*sys, &opts.vhost_path)?);
-        }
-    }
+    let vhost = open_vhosts(&*sys, opts)?;
 
+    // Queue 0 creates the device, refusing an existing one; queues 1..
+    // attach to queue 0's device by the name the kernel gave it.
     let flags = tap_flags(multi_queue, vnet_hdr);
-    // Queue 0 creates the device (refusing an existing one) or, on purpose,
-    // attaches to an existing one; queues 1.. attach to queue 0's device.
-    let (first_mode, first_flags, later_mode) = if opts.attach_existing {
-        (BindMode::Attach, flags, BindMode::Attach)
-    } else {
-        (
-            BindMode::Create,
-            flags | TunFlags::TUN_EXCL,
-            BindMode::AddQueue,
-        )
-    };
-    let mut ifname = bind(&*sys, first.as_fd(), name, first_flags, first_mode, 0)?;
-    log::debug!("queue 0 bound to {ifname} with {first_flags:?}");
-
-    let mut device_flags = flags;
-    if opts.attach_existing {
-        let mut info = inspect_fd_with(&*sys, first.as_fd())?;
-        if !info.persistent() {
-            // Either a tap in use by someone else, or no such interface and
-            // TUNSETIFF just created one. Closing our fd removes it in the
-            // second case; then the name tells which it was. (Checking
-            // first would cost a socket on every open of a persistent tap.)
-            drop(first);
-            if !exists(&*sys, name)? {
-                return Err(Error::NoSuchInterface(name.to_string()));
-            }
-            first = open_tun(&*sys, &opts.tun_path)?;
-            ifname = bind(&*sys, first.as_fd(), name, first_flags, first_mode, 0)?;
-            info = inspect_fd_with(&*sys, first.as_fd())?;
-        }
-        device_flags = info.flags;
-        check_existing(&ifname, opts.features.vnet_hdr, multi_queue, &info.flags)?;
-    }
-
+    let create_flags = flags | TunFlags::TUN_EXCL;
+    let ifname = bind(
+        &*sys,
+        first.as_fd(),
+        name,
+        create_flags,
+        BindMode::Create,
+        0,
+    )?;
+    log::debug!("queue 0 created {ifname} with {create_flags:?}");
     let mut tap_queues = Vec::with_capacity(queues);
     tap_queues.push(TapQueue::with_sys(first, sys.clone()));
     for k in 1..queues {
         let fd = open_tun(&*sys, &opts.tun_path)?;
-        bind(&*sys, fd.as_fd(), &ifname, flags, later_mode, k)?;
+        bind(&*sys, fd.as_fd(), &ifname, flags, BindMode::AddQueue, k)?;
         tap_queues.push(TapQueue::with_sys(fd, sys.clone()));
     }
     Ok(Tap {
         name: ifname,
-        flags: device_flags - TunFlags::PERSIST,
+        flags,
         queues: tap_queues,
         vhost,
     })
 }
 
-fn check_existing(ifname: &str, vnet: VnetHdr, multi_queue: bool, flags: &TunFlags) -> Result<()> {
+/// The flags a queue must bind with to attach to the tap `link` without
+/// changing it: the complete flags when sysfs shows them for sure, else
+/// the ones netlink reports. Netlink does not report `IFF_ONE_QUEUE` (no
+/// effect since Linux 3.8) nor the NAPI flags: without a trusted sysfs they
+/// are taken as off, as `vmtap create`, `ip tuntap` and QEMU make taps.
+fn existing_flags(sys: &dyn Syscalls, link: &LinkState, tun: &TunLinkInfo) -> TunFlags {
+    let kept = TunFlags::TAP
+        | TunFlags::NO_PI
+        | TunFlags::ONE_QUEUE
+        | TunFlags::VNET_HDR
+        | TunFlags::MULTI_QUEUE
+        | TunFlags::NAPI
+        | TunFlags::NAPI_FRAGS;
+    if let Some(exact) = sys.exact_tun_flags(link) {
+        return exact & kept;
+    }
+    let mut flags = tap_flags(tun.multi_queue, tun.vnet_hdr) - TunFlags::ONE_QUEUE;
+    flags.set(TunFlags::NO_PI, !tun.pi);
+    flags
+}
+
+/// Attaches N queues to the existing tap `name` without creating or
+/// changing it: its flags are read over netlink first and the queues bind
+/// with exactly those; a request that disagrees is refused before any
+/// queue is bound.
+fn attach(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap> {
+    let queues = opts.features.queues;
+    let link = lookup_link(&*sys, name, Action::Attach)?;
+    let tun = match &link.tun {
+        Some(t) if t.tap => t.clone(),
+        _ => return Err(Error::NotATap(name.to_string())),
+    };
+    check_existing(name, opts.features.vnet_hdr, queues > 1, &tun)?;
+    let flags = existing_flags(&*sys, &link, &tun);
+    log::debug!("{name} exists (index {}) with {flags:?}", link.index);
+
+    let vhost = open_vhosts(&*sys, opts)?;
+    let mut tap_queues = Vec::with_capacity(queues);
+    for k in 0..queues {
+        let fd = open_tun(&*sys, &opts.tun_path)?;
+        bind(&*sys, fd.as_fd(), name, flags, BindMode::Attach, k)?;
+        // The tap may have been removed since it was looked up, and this
+        // bind created a new one: its MAC address (random per tap) and
+        // persistence tell. Dropping the fd removes what was created.
+        let same = sys.tun_get_hwaddr(fd.as_fd()).ok().map(MacAddr) == link.mac
+            && sys
+                .tun_get_iff(fd.as_fd())
+                .is_ok_and(|(_, f)| f.contains(TunFlags::PERSIST) == tun.persist);
+        if !same {
+            return Err(Error::Vanished(name.to_string()));
+        }
+        tap_queues.push(TapQueue::with_sys(fd, sys.clone()));
+    }
+    Ok(Tap {
+        name: name.to_string(),
+        flags,
+        queues: tap_queues,
+        vhost,
+    })
+}
+
+/// Refuses to attach when the tap's settings differ from the request:
+/// vmtap never changes an existing tap's flags.
+fn check_existing(ifname: &str, vnet: VnetHdr, multi_queue: bool, tun: &TunLinkInfo) -> Result<()> {
     let mismatch = |detail: String| {
         Err(Error::Mismatch {
             ifname: ifname.to_string(),
             detail,
         })
     };
-    if !flags.contains(TunFlags::TAP) {
-        return Err(Error::NotATap(ifname.to_string()));
-    }
-    if flags.contains(TunFlags::MULTI_QUEUE) != multi_queue {
+    if tun.multi_queue != multi_queue {
         return mismatch(format!(
-            "multi_queue is {} but {} was asked",
-            flags.contains(TunFlags::MULTI_QUEUE),
-            multi_queue
+            "its multi-queue setting differs (the tap is {}, {} was asked)",
+            if tun.multi_queue {
+                "multi-queue"
+            } else {
+                "single-queue"
+            },
+            if multi_queue {
+                "more than 1 queue"
+            } else {
+                "1 queue"
+            },
         ));
     }
-    let has_vnet = flags.contains(TunFlags::VNET_HDR);
+    if tun.pi {
+        return mismatch(
+            "it has packet-information headers (pi on); QEMU needs a tap without them".into(),
+        );
+    }
     match vnet {
-        VnetHdr::On if !has_vnet => mismatch("vnet_hdr is off but on was asked".into()),
-        VnetHdr::Off if has_vnet => mismatch("vnet_hdr is on but off was asked".into()),
+        VnetHdr::On if !tun.vnet_hdr => mismatch("vnet_hdr is off but on was asked".into()),
+        VnetHdr::Off if tun.vnet_hdr => mismatch("vnet_hdr is on but off was asked".into()),
         _ => Ok(()),
     }
 }
 
-fn open_vhost(sys: &dyn Syscalls, path: &Path) -> Result<OwnedFd> {
-    sys.open_device(path)
-        .map_err(|source| Error::VhostUnavailable {
+/// Opens one vhost-net fd per queue (none without vhost), checking that
+/// the node is a vhost-net device (`VHOST_GET_FEATURES` offers
+/// `VHOST_NET_F_VIRTIO_NET_HDR`, which only vhost-net has).
+fn open_vhosts(sys: &dyn Syscalls, opts: &OpenOptions) -> Result<Vec<OwnedFd>> {
+    if !opts.features.vhost {
+        return Ok(Vec::new());
+    }
+    let path = &opts.vhost_path;
+    let mut vhost = Vec::with_capacity(opts.features.queues);
+    for _ in 0..opts.features.queues {
+        let fd = sys
+            .open_device(path)
+            .map_err(|source| Error::VhostUnavailable {
+                path: path.to_path_buf(),
+                cause: explain_open(&source, "vhost_net"),
+                source,
+            })?;
+        check_vhost_net(sys, fd.as_fd(), path)?;
+        vhost.push(fd);
+    }
+    Ok(vhost)
+}
+
+/// Opens `path` and checks that it is a usable vhost-net device (as
+/// `OpenOptions::vhost` would), then closes it.
+pub fn check_vhost_net_path(path: &Path) -> Result<()> {
+    let mut opts = OpenOptions::new().vhost(true).vhost_path(path);
+    opts.features.queues = 1;
+    open_vhosts(&Kernel, &opts).map(drop)
+}
+
+/// Checks that `fd` (opened from `path`) is a vhost-net device.
+pub(crate) fn check_vhost_net(sys: &dyn Syscalls, fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    let not = |cause: String| {
+        Err(Error::NotVhostNet {
             path: path.to_path_buf(),
-            cause: explain_open(&source, "vhost_net"),
-            source,
+            cause,
         })
+    };
+    match sys.vhost_get_features(fd) {
+        Ok(f) if f & crate::sys::VHOST_NET_F_VIRTIO_NET_HDR != 0 => Ok(()),
+        Ok(f) => not(format!(
+            "a vhost device, but not vhost-net (features {f:#x} lack VHOST_NET_F_VIRTIO_NET_HDR)"
+        )),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
+            not("VHOST_GET_FEATURES is not supported on it".into())
+        }
+        Err(e) => not(format!("VHOST_GET_FEATURES failed: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -56,9 +56,85 @@ pub fn join_fds(fds: &[i32]) -> String {
         .join(":")
 }
 
+/// The placeholders `vmtap open` replaces in the program's arguments.
+pub const PLACEHOLDERS: [&str; 5] = ["ifname", "fds", "vhostfds", "netdev", "device"];
+
+/// Replaces `{NAME}` by its value for every `(NAME, value)` in `values`, in
+/// one pass: a value is never scanned again, so a value that itself looks
+/// like a placeholder stays as it is. `{{NAME}}` gives a literal `{NAME}`.
+/// Anything else (other braces, JSON) is kept as it is.
+///
+/// ```
+/// use vmtap::qemu::expand_placeholders;
+/// let v = [("ifname", "{fds}"), ("fds", "3:4")];
+/// assert_eq!(expand_placeholders("{ifname} {fds}", &v), "{fds} 3:4");
+/// assert_eq!(expand_placeholders("{{fds}} {\"a\":{}}", &v), "{fds} {\"a\":{}}");
+/// ```
+pub fn expand_placeholders(arg: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    'scan: while let Some(pos) = rest.find('{') {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos..];
+        for (name, value) in values {
+            let escaped = format!("{{{{{name}}}}}");
+            if let Some(after) = rest.strip_prefix(escaped.as_str()) {
+                out.push('{');
+                out.push_str(name);
+                out.push('}');
+                rest = after;
+                continue 'scan;
+            }
+            let plain = format!("{{{name}}}");
+            if let Some(after) = rest.strip_prefix(plain.as_str()) {
+                out.push_str(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        out.push('{');
+        rest = &rest[1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_expand_in_one_pass() {
+        let v = [
+            ("ifname", "{netdev}"),
+            ("fds", "3:4"),
+            ("vhostfds", ""),
+            ("netdev", "tap,id=n,fds=3:4"),
+            ("device", "netdev=n"),
+        ];
+        let cases = [
+            ("{ifname}", "{netdev}"),
+            ("{netdev}", "tap,id=n,fds=3:4"),
+            ("a{fds}b{fds}", "a3:4b3:4"),
+            ("{{fds}}", "{fds}"),
+            ("{{{fds}}}", "{{fds}}"),
+            ("{{{{fds}}}}", "{{{fds}}}"),
+            ("{vhostfds}|", "|"),
+            ("{unknown}", "{unknown}"),
+            (
+                "{\"driver\":\"virtio-net-pci\",\"x\":{\"y\":1}}",
+                "{\"driver\":\"virtio-net-pci\",\"x\":{\"y\":1}}",
+            ),
+            ("{", "{"),
+            ("}", "}"),
+            ("{fds", "{fds"),
+            ("é{fds}é", "é3:4é"),
+            ("", ""),
+        ];
+        for (arg, want) in cases {
+            assert_eq!(expand_placeholders(arg, &v), want, "{arg}");
+        }
+    }
 
     #[test]
     fn one_and_many_queues_with_and_without_vhost() {

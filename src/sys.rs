@@ -40,7 +40,21 @@ pub mod request {
     pub const TUNSETSNDBUF: libc::Ioctl = libc::TUNSETSNDBUF;
     /// `TUNSETQUEUE`: attach or detach a queue of a multi-queue device.
     pub const TUNSETQUEUE: libc::Ioctl = libc::TUNSETQUEUE;
+    /// `TUNGETDEVNETNS`: an fd of the network namespace the device is in.
+    pub const TUNGETDEVNETNS: libc::Ioctl = libc::TUNGETDEVNETNS;
+    /// `SIOCGIFHWADDR`: the MAC address (the tun driver answers it on a
+    /// bound fd too). A socket ioctl, not `_IOC`-encoded.
+    pub const SIOCGIFHWADDR: libc::Ioctl = libc::SIOCGIFHWADDR as libc::Ioctl;
+    /// `VHOST_GET_FEATURES`: `_IOR(VHOST_VIRTIO, 0x00, __u64)` from
+    /// `linux/vhost.h` (libc has no constant for it; its encoder is used).
+    pub const VHOST_GET_FEATURES: libc::Ioctl = libc::_IOR::<u64>(super::VHOST_VIRTIO, 0x00);
 }
+
+/// The ioctl type of vhost devices (`VHOST_VIRTIO` in `linux/vhost.h`).
+const VHOST_VIRTIO: u32 = 0xAF;
+
+/// `VHOST_NET_F_VIRTIO_NET_HDR`: a feature bit only vhost-net offers.
+pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
 
 bitflags! {
     /// The `IFF_*` flags of `TUNSETIFF`, `TUNGETIFF` and `TUNGETFEATURES`.
@@ -251,6 +265,44 @@ pub fn tun_set_queue(fd: BorrowedFd<'_>, attach: bool) -> io::Result<()> {
     check(unsafe { libc::ioctl(fd.as_raw_fd(), request::TUNSETQUEUE, &mut req) })
 }
 
+/// The MAC address of the device `fd` is bound to (`SIOCGIFHWADDR` on the
+/// tun fd itself, no socket needed).
+pub fn tun_get_hwaddr(fd: BorrowedFd<'_>) -> io::Result<[u8; 6]> {
+    let mut req = ifreq("", TunFlags::empty());
+    // SAFETY: SIOCGIFHWADDR reads and writes one `struct ifreq`; `req` is
+    // valid and writable for the duration of the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), request::SIOCGIFHWADDR, &mut req) })?;
+    // SAFETY: SIOCGIFHWADDR fills the `ifru_hwaddr` member of the union;
+    // every bit pattern of a `sockaddr` is valid.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data) {
+        *m = d as u8;
+    }
+    Ok(mac)
+}
+
+/// `TUNGETDEVNETNS`: an fd of the network namespace the device of `fd`
+/// lives in (needs `CAP_NET_ADMIN` there; Linux 5.2 and later).
+pub fn tun_get_devnetns(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: TUNGETDEVNETNS takes no argument and returns a new fd.
+    let ns = unsafe { libc::ioctl(fd.as_raw_fd(), request::TUNGETDEVNETNS) };
+    check(ns)?;
+    // SAFETY: `ns` is a fresh fd (opened close-on-exec by the kernel) that
+    // nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ns) })
+}
+
+/// `VHOST_GET_FEATURES`: the virtio feature bits a vhost device offers.
+/// Fails with `ENOTTY` on anything that is not a vhost device.
+pub fn vhost_get_features(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut features: u64 = 0;
+    // SAFETY: VHOST_GET_FEATURES writes one `__u64` through the pointer,
+    // which points to a live, writable u64.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), request::VHOST_GET_FEATURES, &mut features) })?;
+    Ok(features)
+}
+
 /// The index of interface `name` in the caller's network namespace, or
 /// `None` when no such interface exists.
 pub fn interface_index(name: &str) -> io::Result<Option<u32>> {
@@ -375,6 +427,7 @@ mod tests {
         assert_eq!(request::TUNSETIFF as u32 as u64, 0x400454ca);
         assert_eq!(request::TUNGETIFF as u32 as u64, 0x800454d2);
         assert_eq!(request::TUNGETFEATURES as u32 as u64, 0x800454cf);
+        assert_eq!(request::VHOST_GET_FEATURES as u32 as u64, 0x8008af00);
         assert_eq!(TunFlags::TAP.bits(), 0x0002);
         assert_eq!(TunFlags::NO_PI.bits(), 0x1000);
         assert_eq!(TunFlags::ONE_QUEUE.bits(), 0x2000);
@@ -401,10 +454,13 @@ mod tests {
             (request::TUNGETVNETHDRSZ, 215),
             (request::TUNSETVNETHDRSZ, 216),
             (request::TUNSETQUEUE, 217),
+            (request::TUNGETDEVNETNS, 227),
         ] {
             assert_eq!(nr(req), n);
             assert_eq!(ty(req), u64::from(b'T'));
         }
+        assert_eq!(nr(request::VHOST_GET_FEATURES), 0);
+        assert_eq!(ty(request::VHOST_GET_FEATURES), 0xAF);
         assert_eq!(TunFlags::TUN_EXCL.bits(), 0x8000);
         assert_eq!(TunFlags::PERSIST.bits(), 0x0800);
         assert_eq!(TunFlags::ATTACH_QUEUE.bits(), 0x0200);

@@ -10,6 +10,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::link::{LinkState, Netlink};
 use crate::sys::{self, Offloads, TunFlags};
 
 /// The kernel calls vmtap makes on TUN/TAP and vhost-net device nodes.
@@ -45,8 +46,23 @@ pub trait Syscalls: Send + Sync {
     fn tun_set_sndbuf(&self, fd: BorrowedFd<'_>, size: i32) -> io::Result<()>;
     /// `TUNSETQUEUE` with `IFF_ATTACH_QUEUE` (true) or `IFF_DETACH_QUEUE`.
     fn tun_set_queue(&self, fd: BorrowedFd<'_>, attach: bool) -> io::Result<()>;
-    /// Whether an interface of that name exists in the caller's namespace.
-    fn interface_exists(&self, name: &str) -> io::Result<bool>;
+    /// The link named `name` in the caller's network namespace (netlink
+    /// `RTM_GETLINK`, with the tun driver's attributes), or `None`.
+    fn link_state(&self, name: &str) -> io::Result<Option<LinkState>>;
+    /// The complete `IFF_*` flags of the tap `link` describes (including
+    /// `IFF_ONE_QUEUE` and the NAPI flags, which netlink does not report),
+    /// or `None` when they cannot be read for sure (sysfs shows another
+    /// network namespace, or no sysfs).
+    fn exact_tun_flags(&self, link: &LinkState) -> Option<TunFlags>;
+    /// Deletes the link with this index (`RTM_DELLINK`).
+    fn delete_link(&self, index: u32) -> io::Result<()>;
+    /// `SIOCGIFHWADDR` on a bound tun fd: the device's MAC address.
+    fn tun_get_hwaddr(&self, fd: BorrowedFd<'_>) -> io::Result<[u8; 6]>;
+    /// Whether the device of a bound tun fd is in the caller's network
+    /// namespace (`TUNGETDEVNETNS`), or `None` when that cannot be asked.
+    fn tun_in_this_netns(&self, fd: BorrowedFd<'_>) -> io::Result<Option<bool>>;
+    /// `VHOST_GET_FEATURES`.
+    fn vhost_get_features(&self, fd: BorrowedFd<'_>) -> io::Result<u64>;
 }
 
 /// The real kernel.
@@ -110,7 +126,62 @@ impl Syscalls for Kernel {
     fn tun_set_queue(&self, fd: BorrowedFd<'_>, attach: bool) -> io::Result<()> {
         sys::tun_set_queue(fd, attach)
     }
-    fn interface_exists(&self, name: &str) -> io::Result<bool> {
-        Ok(sys::interface_index(name)?.is_some())
+    fn link_state(&self, name: &str) -> io::Result<Option<LinkState>> {
+        let mut nl = Netlink::open()?;
+        nl.link(name).map_err(|e| match e {
+            crate::link::LinkError::Netlink { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })
+    }
+    /// Reads `/sys/class/net/NAME/tun_flags`, trusting it only when sysfs
+    /// shows this network namespace: the same ifindex, MAC address (random
+    /// per tap) and the flags netlink reports must all agree.
+    fn exact_tun_flags(&self, link: &LinkState) -> Option<TunFlags> {
+        let tun = link.tun.as_ref()?;
+        let dir = Path::new("/sys/class/net").join(&link.name);
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        let index: u32 = read("ifindex")?.trim().parse().ok()?;
+        let mac = read("address")?;
+        let flags = read("tun_flags")?;
+        let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
+        let flags = TunFlags::from_bits_retain(flags);
+        let same = index == link.index
+            && link.mac.map(|m| m.to_string()) == Some(mac.trim().to_string())
+            && flags.contains(TunFlags::TAP) == tun.tap
+            && flags.contains(TunFlags::NO_PI) != tun.pi
+            && flags.contains(TunFlags::VNET_HDR) == tun.vnet_hdr
+            && flags.contains(TunFlags::MULTI_QUEUE) == tun.multi_queue
+            && flags.contains(TunFlags::PERSIST) == tun.persist;
+        same.then_some(flags)
+    }
+    fn delete_link(&self, index: u32) -> io::Result<()> {
+        Netlink::open()?.delete_index(index)
+    }
+    fn tun_get_hwaddr(&self, fd: BorrowedFd<'_>) -> io::Result<[u8; 6]> {
+        sys::tun_get_hwaddr(fd)
+    }
+    fn tun_in_this_netns(&self, fd: BorrowedFd<'_>) -> io::Result<Option<bool>> {
+        use std::os::linux::fs::MetadataExt;
+        let ns = match sys::tun_get_devnetns(fd) {
+            Ok(ns) => std::fs::File::from(ns).metadata()?,
+            // Not allowed (no CAP_NET_ADMIN there) or an old kernel.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM) | Some(libc::ENOTTY) | Some(libc::EINVAL)
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // Network namespaces are per thread: compare with this thread's.
+        let mine = std::fs::metadata("/proc/thread-self/ns/net")?;
+        Ok(Some(
+            ns.st_dev() == mine.st_dev() && ns.st_ino() == mine.st_ino(),
+        ))
+    }
+    fn vhost_get_features(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
+        sys::vhost_get_features(fd)
     }
 }

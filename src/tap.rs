@@ -6,7 +6,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{BindMode, Error, Result, explain_bind, explain_ioctl, explain_open};
+use crate::error::{Action, BindMode, Error, Result, explain_bind, explain_ioctl, explain_open};
+use crate::link::LinkState;
 use crate::open::validate_name;
 use crate::sys::{Offloads, TunFlags};
 use crate::syscalls::{Kernel, Syscalls};
@@ -340,7 +341,11 @@ pub fn create_persistent_with(
 ) -> Result<TapInfo> {
     validate_name(name, true)?;
     let fd = open_tun(sys, tun_path)?;
-    let flags = tap_flags(opts.multi_queue, opts.vnet_hdr) | TunFlags::TUN_EXCL;
+    // Without IFF_ONE_QUEUE (no effect since Linux 3.8; `ip tuntap` does
+    // not set it either), so that attaching without a trusted sysfs binds
+    // with exactly the tap's flags.
+    let flags =
+        (tap_flags(opts.multi_queue, opts.vnet_hdr) - TunFlags::ONE_QUEUE) | TunFlags::TUN_EXCL;
     let ifname = bind(sys, fd.as_fd(), name, flags, BindMode::Create, 0)?;
     if let Some(uid) = opts.owner {
         sys.tun_set_owner(fd.as_fd(), uid)
@@ -360,47 +365,189 @@ pub fn create_persistent_with(
     info
 }
 
-/// Deletes the persistent tap `name` (single- or multi-queue).
-///
-/// Refuses, with [`Error::NotATap`], an interface that is not a TAP device,
-/// and with [`Error::NoSuchInterface`] a name that does not exist.
-pub fn delete_persistent(name: &str) -> Result<()> {
-    delete_persistent_with(&Kernel, Path::new(crate::open::TUN_PATH), name)
+/// A tap as the kernel reports it over netlink (`RTM_GETLINK` with the tun
+/// driver's `IFLA_TUN_*` attributes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapStatus {
+    /// The interface name.
+    pub name: String,
+    /// The interface index.
+    pub index: u32,
+    /// The device outlives its fds.
+    pub persistent: bool,
+    /// The uid allowed to attach without `CAP_NET_ADMIN`, if set.
+    pub owner: Option<u32>,
+    /// The gid allowed to attach without `CAP_NET_ADMIN`, if set.
+    pub group: Option<u32>,
+    /// A multi-queue device.
+    pub multi_queue: bool,
+    /// Packets carry a virtio-net header.
+    pub vnet_hdr: bool,
+    /// Packets carry a packet-information header (`IFF_NO_PI` is off).
+    pub pi: bool,
+    /// Queues attached now. The kernel counts them for multi-queue taps;
+    /// a single-queue tap has 1 when its carrier is on (the driver turns
+    /// it on when the queue attaches and off when it goes), else 0.
+    pub queues: u32,
+    /// Queues detached with `TUNSETQUEUE` but still open (multi-queue).
+    pub disabled_queues: u32,
 }
 
-/// [`delete_persistent`] over any [`Syscalls`] and tun device path.
-pub fn delete_persistent_with(sys: &dyn Syscalls, tun_path: &Path, name: &str) -> Result<()> {
+impl TapStatus {
+    /// Reads a tap's status from a link; `NotATap` for anything else.
+    fn from_link(link: &LinkState) -> Result<Self> {
+        let tun = match &link.tun {
+            Some(t) if t.tap => t,
+            _ => return Err(Error::NotATap(link.name.clone())),
+        };
+        let queues = if tun.multi_queue {
+            tun.queues
+        } else {
+            u32::from(link.carrier)
+        };
+        Ok(Self {
+            name: link.name.clone(),
+            index: link.index,
+            persistent: tun.persist,
+            owner: tun.owner,
+            group: tun.group,
+            multi_queue: tun.multi_queue,
+            vnet_hdr: tun.vnet_hdr,
+            pi: tun.pi,
+            queues,
+            disabled_queues: tun.disabled_queues,
+        })
+    }
+
+    /// Queues bound to the tap: attached plus detached ones.
+    pub fn users(&self) -> u32 {
+        self.queues + self.disabled_queues
+    }
+}
+
+/// The link named `name`, required to exist, over netlink.
+pub(crate) fn lookup_link(sys: &dyn Syscalls, name: &str, action: Action) -> Result<LinkState> {
+    sys.link_state(name)
+        .map_err(|source| Error::Netlink {
+            step: "looking up",
+            ifname: name.to_string(),
+            source,
+        })?
+        .ok_or_else(|| Error::NoSuchInterface {
+            ifname: name.to_string(),
+            action,
+        })
+}
+
+/// The status of tap `name` over netlink, without opening or attaching
+/// anything.
+pub fn tap_status(name: &str) -> Result<TapStatus> {
+    tap_status_with(&Kernel, name)
+}
+
+/// [`tap_status`] over any [`Syscalls`].
+pub fn tap_status_with(sys: &dyn Syscalls, name: &str) -> Result<TapStatus> {
     validate_name(name, false)?;
-    if !exists(sys, name)? {
-        return Err(Error::NoSuchInterface(name.to_string()));
+    TapStatus::from_link(&lookup_link(sys, name, Action::Inspect)?)
+}
+
+/// What is known about the tap behind an fd: `TUNGETIFF`, and the
+/// netlink view when the device is in the caller's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdStatus {
+    /// `TUNGETIFF`: name and flags.
+    pub info: TapInfo,
+    /// Whether the device is in the caller's network namespace (`None`
+    /// when that cannot be told).
+    pub in_this_netns: Option<bool>,
+    /// The netlink view, when the device is known to be in this network
+    /// namespace. For a single-queue tap its `queues` is 1: the fd is it.
+    pub status: Option<TapStatus>,
+}
+
+/// Inspects a TAP fd: `TUNGETIFF`, then (when the device is in this
+/// network namespace, checked with `TUNGETDEVNETNS` or else by MAC
+/// address) its netlink status. A TUN fd is an error.
+pub fn inspect_fd_status(fd: BorrowedFd<'_>) -> Result<FdStatus> {
+    inspect_fd_status_with(&Kernel, fd)
+}
+
+/// [`inspect_fd_status`] over any [`Syscalls`].
+pub fn inspect_fd_status_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> Result<FdStatus> {
+    let info = inspect_fd_with(sys, fd)?;
+    if !info.is_tap() {
+        return Err(Error::FdIsTun {
+            fd: fd.as_raw_fd(),
+            ifname: info.name,
+        });
     }
-    // The multi-queue flag must match the device's: try both.
-    for mq in [false, true] {
-        let fd = open_tun(sys, tun_path)?;
-        match bind(
-            sys,
-            fd.as_fd(),
-            name,
-            tap_flags(mq, false),
-            BindMode::Attach,
-            0,
-        ) {
-            Ok(_) => {
-                let info = inspect_fd_with(sys, fd.as_fd())?;
-                if !info.persistent() {
-                    return Err(Error::NotPersistent(name.to_string()));
-                }
-                return sys
-                    .tun_set_persist(fd.as_fd(), false)
-                    .map_err(|e| ioctl_err("TUNSETPERSIST", name, e));
+    let link = sys.link_state(&info.name).ok().flatten();
+    let in_this_netns = match sys.tun_in_this_netns(fd) {
+        Ok(Some(same)) => Some(same),
+        // Cannot ask the kernel: a same-named link here with the fd's MAC
+        // address (random per tap) is taken as the same device.
+        _ => match (&link, sys.tun_get_hwaddr(fd)) {
+            (Some(l), Ok(mac)) => Some(l.mac.map(|m| m.0) == Some(mac)),
+            (None, _) => Some(false),
+            _ => None,
+        },
+    };
+    let status = match (&link, in_this_netns) {
+        (Some(l), Some(true)) => TapStatus::from_link(l).ok().map(|mut st| {
+            if !st.multi_queue {
+                st.queues = 1;
             }
-            Err(e) if e.errno() == Some(libc::EINVAL) => {
-                log::debug!("TUNSETIFF on {name:?} with multi_queue={mq}: {e}");
-            }
-            Err(e) => return Err(e),
-        }
+            st
+        }),
+        _ => None,
+    };
+    Ok(FdStatus {
+        info,
+        in_this_netns,
+        status,
+    })
+}
+
+/// Deletes the persistent tap `name` (single- or multi-queue) with
+/// `RTM_DELLINK`, after checking over netlink that it is a persistent tap
+/// with no queue attached. It never opens or attaches to the tap, so it
+/// never creates one, and of several racing deletes one succeeds and the
+/// others find no such interface.
+///
+/// Refuses, with [`Error::NotATap`], an interface that is not a TAP
+/// device; with [`Error::NotPersistent`] a tap that lives only while its
+/// fds are open; with [`Error::InUse`] a tap with queues attached; and
+/// with [`Error::NoSuchInterface`] a name that does not exist.
+pub fn delete_persistent(name: &str) -> Result<()> {
+    delete_persistent_with(&Kernel, name)
+}
+
+/// [`delete_persistent`] over any [`Syscalls`].
+pub fn delete_persistent_with(sys: &dyn Syscalls, name: &str) -> Result<()> {
+    validate_name(name, false)?;
+    let link = lookup_link(sys, name, Action::Delete)?;
+    let status = TapStatus::from_link(&link)?;
+    if !status.persistent {
+        return Err(Error::NotPersistent(name.to_string()));
     }
-    Err(Error::NotATap(name.to_string()))
+    if status.users() > 0 {
+        return Err(Error::InUse {
+            ifname: name.to_string(),
+            queues: status.users(),
+        });
+    }
+    sys.delete_link(link.index)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ENODEV) => Error::NoSuchInterface {
+                ifname: name.to_string(),
+                action: Action::Delete,
+            },
+            _ => Error::Netlink {
+                step: "deleting",
+                ifname: name.to_string(),
+                source,
+            },
+        })
 }
 
 pub(crate) fn tap_flags(multi_queue: bool, vnet_hdr: bool) -> TunFlags {
@@ -425,14 +572,9 @@ pub(crate) fn bind(
             mode,
             ifname: if name.is_empty() { "tap%d" } else { name }.to_string(),
             queue,
-            cause: explain_bind(&source, mode),
+            cause: explain_bind(&source, mode, name),
             source,
         })
-}
-
-pub(crate) fn exists(sys: &dyn Syscalls, name: &str) -> Result<bool> {
-    sys.interface_exists(name)
-        .map_err(|e| ioctl_err("interface lookup", name, e))
 }
 
 pub(crate) fn open_tun(sys: &dyn Syscalls, path: &Path) -> Result<OwnedFd> {

@@ -64,10 +64,9 @@ fn one_device_with_n_queues_for_n_in_1_2_8_256() {
             assert_eq!(check_queues(&fds).unwrap().name, name);
             drop(fds);
             drop(tap);
-            assert!(
-                !exists(&name),
-                "the device is gone once the fds are dropped"
-            );
+            // The device is gone once the fds are dropped (asynchronously:
+            // a sibling test's forked child may hold copies until it execs).
+            wait_gone(&name);
         });
     }
 }
@@ -170,8 +169,14 @@ fn persistent_multi_queue_tap_with_owner_and_group() {
         assert_eq!(sysfs_tx_queues("pq0"), 2);
         drop(holder);
 
+        // A tap whose queues are still attached is refused; the holder's
+        // fds go asynchronously (a sibling test's forked child may hold
+        // copies until it execs).
+        wait_until("pq0 has no queue attached", 30, || {
+            vmtap::tap_status("pq0").unwrap().users() == 0
+        });
         delete_persistent("pq0").unwrap();
-        assert!(!exists("pq0"));
+        wait_gone("pq0");
 
         create_persistent("ps0", &PersistentOptions::default()).unwrap();
         assert!(!ip_details("ps0").contains("multi_queue"));
@@ -183,7 +188,7 @@ fn persistent_multi_queue_tap_with_owner_and_group() {
         assert_eq!(err.to_string(), "\"ve0\" exists but is not a TAP device");
         assert!(exists("ve0"));
         let err = delete_persistent("nope0").unwrap_err();
-        assert!(matches!(err, Error::NoSuchInterface(_)));
+        assert!(matches!(err, Error::NoSuchInterface { .. }));
         assert!(!exists("nope0"), "delete never creates");
     });
 }
@@ -301,5 +306,104 @@ fn existing_veth_is_never_taken_over() {
             .unwrap_err();
         assert!(err.to_string().contains("not a TAP device"), "{err}");
         assert!(ip_details("vx0").contains("veth"));
+    });
+}
+
+#[test]
+fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    in_netns(|| {
+        // `ip monitor` sees every interface that appears, even briefly.
+        let mut monitor = KillOnDrop(
+            std::process::Command::new("ip")
+                .args(["-o", "monitor", "link"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut console = Console::new(monitor.0.stdout.take().unwrap(), None);
+        wait_until("ip monitor listens", 30, || {
+            create_persistent("mark0", &PersistentOptions::default()).unwrap();
+            let seen =
+                console.wait_within("mark0", |_| true, std::time::Duration::from_millis(300));
+            delete_persistent("mark0").unwrap();
+            seen.is_some()
+        });
+        // Threads started here share this thread's network namespace. One
+        // forks all the time, so that children hold copies of whatever fds
+        // the others have open, as in any multi-threaded VM manager.
+        let stop = Arc::new(AtomicBool::new(false));
+        let forker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                }
+            })
+        };
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let (ghost, vanishing) = (format!("gh{t}"), format!("va{t}"));
+                    let mq = PersistentOptions {
+                        multi_queue: true,
+                        ..Default::default()
+                    };
+                    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+                    for _ in 0..40 {
+                        let err = OpenOptions::new()
+                            .name(&ghost)
+                            .queues(2)
+                            .attach_existing(true)
+                            .open()
+                            .unwrap_err();
+                        assert!(matches!(err, Error::NoSuchInterface { .. }), "{err}");
+
+                        // The tap is deleted (as `ip link del` would, users
+                        // or not) while this thread attaches to it.
+                        create_persistent(&vanishing, &mq).unwrap();
+                        let index = vmtap::tap_status(&vanishing).unwrap().index;
+                        let deleter = std::thread::spawn(move || {
+                            vmtap::link::Netlink::open()
+                                .unwrap()
+                                .delete_index(index)
+                                .unwrap();
+                        });
+                        let outcome = match OpenOptions::new()
+                            .name(&vanishing)
+                            .queues(3)
+                            .attach_existing(true)
+                            .open()
+                        {
+                            Ok(_) => "attached before the delete".to_string(),
+                            Err(Error::NoSuchInterface { .. }) => "no such tap".to_string(),
+                            Err(Error::Vanished(_)) => "vanished while attaching".to_string(),
+                            Err(e) => panic!("unexpected: {e}"),
+                        };
+                        *outcomes.entry(outcome).or_default() += 1;
+                        deleter.join().unwrap();
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        for w in workers {
+            let outcomes = w.join().unwrap();
+            eprintln!("outcomes: {outcomes:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        forker.join().unwrap();
+        // Whatever an attach created by accident went with its fds (once
+        // the forked children that held copies had exec'd).
+        wait_until("only lo is left", 30, || interfaces() == vec!["lo"]);
+        create_persistent("mark1", &PersistentOptions::default()).unwrap();
+        console.wait_for("mark1", |_| true);
+        drop(monitor);
+        let ghosts: Vec<&String> = console.log.iter().filter(|l| l.contains(": gh")).collect();
+        assert!(
+            ghosts.is_empty(),
+            "attach created a missing tap: {ghosts:?}"
+        );
     });
 }

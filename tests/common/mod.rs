@@ -53,6 +53,43 @@ pub fn exists(name: &str) -> bool {
     run("ip", &["link", "show", "dev", name]).is_ok()
 }
 
+/// Waits up to `secs` seconds for `cond` to hold, polling; panics with
+/// `what` when it does not. For what the kernel does asynchronously (a
+/// device unregisters once the last copy of its fds is closed, and a
+/// sibling test's child may hold copies until it execs).
+pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not the case after {secs} s: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits (up to 30 s) until interface `name` is gone.
+pub fn wait_gone(name: &str) {
+    wait_until(&format!("{name} is gone"), 30, || !exists(name));
+}
+
+/// Whether a test that cannot run here must fail instead of skipping:
+/// `scripts/test` (and so CI) sets VMTAP_REQUIRE=1 (VMTAP_REQUIRE_QEMU=1
+/// is the older name).
+pub fn skips_are_failures() -> bool {
+    ["VMTAP_REQUIRE", "VMTAP_REQUIRE_QEMU"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|v| v == "1"))
+}
+
+/// Skips a test that cannot run here, loudly (written past the test
+/// harness's capture), or fails it when skips are failures.
+pub fn skip(why: &str) {
+    assert!(!skips_are_failures(), "test required but cannot run: {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
 /// `ip -d link show dev NAME` in the calling thread's namespace.
 pub fn ip_details(name: &str) -> String {
     ip(&["-d", "link", "show", "dev", name])
@@ -97,10 +134,8 @@ pub fn veth(a: &str, b: &str) {
 
 /// The test guest's kernel and initrd (built by scripts/build-guest into
 /// $VMTAP_GUEST_DIR, default /var/tmp/vmtap-guest), or `None` to skip when
-/// QEMU or the guest is missing, unless VMTAP_REQUIRE_QEMU=1 (CI), where
-/// that is a failure.
+/// QEMU or the guest is missing, unless skips are failures (CI).
 pub fn guest() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let required = std::env::var("VMTAP_REQUIRE_QEMU").is_ok_and(|v| v == "1");
     let dir = std::path::PathBuf::from(
         std::env::var("VMTAP_GUEST_DIR").unwrap_or_else(|_| "/var/tmp/vmtap-guest".into()),
     );
@@ -115,8 +150,7 @@ pub fn guest() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
         dir.display(),
         kernel.exists()
     );
-    assert!(!required, "QEMU test required but cannot run: {why}");
-    eprintln!("skipping QEMU test: {why}");
+    skip(&format!("QEMU test: {why}"));
     None
 }
 
@@ -150,6 +184,17 @@ pub fn guest_qemu_args(
     args.push("-append".into());
     args.push(format!("console=ttyS0 panic=-1 quiet vmtap.ip={ip}"));
     args
+}
+
+/// A child process that is killed (and reaped) when dropped, even when
+/// the test panics.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Lines of a child's output, read on a thread.
@@ -188,21 +233,35 @@ impl Console {
 
     /// Waits up to 120 s for a line containing `needle` that satisfies `ok`.
     pub fn wait_for(&mut self, needle: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let secs = std::time::Duration::from_secs(120);
+        self.wait_within(needle, ok, secs).unwrap_or_else(|| {
+            panic!(
+                "no console line with {needle:?}; it said:\n{}",
+                self.log.join("\n")
+            )
+        })
+    }
+
+    /// Waits up to `limit` for a line containing `needle` that satisfies
+    /// `ok`; `None` when none came.
+    pub fn wait_within(
+        &mut self,
+        needle: &str,
+        ok: impl Fn(&str) -> bool,
+        limit: std::time::Duration,
+    ) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
                     self.log.push(l.clone());
                     if l.contains(needle) && ok(&l) {
-                        return l;
+                        return Some(l);
                     }
                 }
                 Err(_) => break,
             }
         }
-        panic!(
-            "no console line with {needle:?}; it said:\n{}",
-            self.log.join("\n")
-        );
+        None
     }
 }
