@@ -3,21 +3,25 @@
 //!   cargo bench --bench hotplug
 //!
 //! For 1 and 4 queues, interleaved: (a) the whole command, as a process:
-//! start, connect, open the tap, getfd, netdev_add, device_add; (b) the same
-//! QMP exchange (connect, getfd per fd, netdev_add, device_add) with the
-//! fds opened beforehand, i.e. the part QEMU spends. Each add is followed by
-//! an untimed hotplug del. Prints medians and the ratio (a) / (b).
+//! start, connect, check the id is free, open the tap, getfd, netdev_add,
+//! device_add; (b) the bare QMP exchange (connect, getfd per fd,
+//! netdev_add, device_add) with the fds opened beforehand, i.e. the part
+//! QEMU spends; (c) the library's QMP part, `hotplug::plug`, on fds opened
+//! beforehand: (b) plus the id check. Each add is followed by an untimed
+//! hotplug del. Prints medians and the ratios (a) / (b) and (c) / (b).
 
 use std::io::{BufRead, BufReader};
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use vmtap::hotplug;
+use serde_json::json;
+use vmtap::hotplug::{self, Monitor};
 use vmtap::qmp::Qmp;
-use vmtap::{OpenOptions, sys};
+use vmtap::{OpenOptions, Tap, sys};
 
 const ROUNDS: usize = 15;
 
@@ -50,14 +54,37 @@ fn main() {
     std::thread::spawn(move || for _ in lines {});
 
     let timeout = Duration::from_secs(30);
-    let del = |id: &str| {
+    let monitor = Monitor::new(&sock, timeout);
+    let del = |id: &str| hotplug::del(&monitor, id).unwrap();
+    // The bare exchange, as a minimal client would do it.
+    let bare = |id: &str, tap: &Tap| {
         let mut c = Qmp::connect(&sock, timeout).unwrap();
-        hotplug::del(&mut c, id, timeout).unwrap();
+        let mut names = Vec::new();
+        for (i, q) in tap.queues().iter().enumerate() {
+            let name = format!("{id}-{i}");
+            c.execute_with_fds("getfd", Some(json!({ "fdname": name })), &[q.as_fd()])
+                .unwrap();
+            names.push(name);
+        }
+        let mut netdev = json!({ "type": "tap", "id": id });
+        if names.len() == 1 {
+            netdev["fd"] = json!(names[0]);
+        } else {
+            netdev["fds"] = json!(names.join(":"));
+        }
+        c.execute("netdev_add", Some(netdev)).unwrap();
+        let mut device = json!({ "driver": "virtio-net-pci", "netdev": id, "id": id });
+        if names.len() > 1 {
+            device["mq"] = json!(true);
+            device["vectors"] = json!(vmtap::qemu::vectors(names.len()));
+        }
+        c.execute("device_add", Some(device)).unwrap();
     };
     println!("hotplug add, {ROUNDS} rounds each, medians:");
     for queues in [1usize, 4] {
         let q = queues.to_string();
-        let (mut whole, mut qmp_only) = (Vec::new(), Vec::new());
+        // [whole command, bare exchange, hotplug::plug]
+        let mut times: [Vec<Duration>; 3] = Default::default();
         for r in 0..ROUNDS + 1 {
             let run_whole = || {
                 let t = Instant::now();
@@ -80,37 +107,48 @@ fn main() {
                 del("bw");
                 d
             };
-            let run_qmp = || {
+            let run_bare = || {
                 let tap = OpenOptions::new().queues(queues).open().unwrap();
                 let t = Instant::now();
-                let mut c = Qmp::connect(&sock, timeout).unwrap();
-                hotplug::plug(&mut c, "bq", &tap, "virtio-net-pci", None).unwrap();
+                bare("bb", &tap);
                 let d = t.elapsed();
-                drop(c);
+                drop(tap);
+                del("bb");
+                d
+            };
+            let run_plug = || {
+                let tap = OpenOptions::new().queues(queues).open().unwrap();
+                let t = Instant::now();
+                hotplug::plug(&monitor, "bq", &tap, "virtio-net-pci", None).unwrap();
+                let d = t.elapsed();
                 drop(tap);
                 del("bq");
                 d
             };
-            let (w, p) = if r % 2 == 0 {
-                let w = run_whole();
-                (w, run_qmp())
-            } else {
-                let p = run_qmp();
-                (run_whole(), p)
-            };
+            // Rotate the order so that none always runs first.
+            let mut round = [Duration::ZERO; 3];
+            for k in 0..3 {
+                let which = (r + k) % 3;
+                round[which] = match which {
+                    0 => run_whole(),
+                    1 => run_bare(),
+                    _ => run_plug(),
+                };
+            }
             if r > 0 {
-                whole.push(w);
-                qmp_only.push(p);
+                for (all, d) in times.iter_mut().zip(round) {
+                    all.push(d);
+                }
             }
         }
-        whole.sort();
-        qmp_only.sort();
-        let (w, p) = (whole[ROUNDS / 2], qmp_only[ROUNDS / 2]);
+        let [w, b, p] = times.map(|mut all| {
+            all.sort();
+            all[ROUNDS / 2].as_secs_f64() * 1e3
+        });
         println!(
-            "  {queues} queue(s): vmtap hotplug add {:.2} ms, QMP exchange alone {:.2} ms, ratio {:.2}",
-            w.as_secs_f64() * 1e3,
-            p.as_secs_f64() * 1e3,
-            w.as_secs_f64() / p.as_secs_f64()
+            "  {queues} queue(s): vmtap hotplug add {w:.2} ms, bare QMP exchange {b:.2} ms, ratio {:.2}; hotplug::plug {p:.2} ms, ratio {:.2}",
+            w / b,
+            p / b
         );
     }
     let _ = qemu.kill();

@@ -112,7 +112,9 @@ enum HotplugCmd {
         /// Device and netdev id.
         #[arg(long)]
         id: String,
-        /// Seconds to wait for QEMU (and for the guest to release the device).
+        /// Seconds for the whole operation: connect, device_del, waiting for
+        /// the guest to release the device, netdev_del. If it runs out, run
+        /// del again: it finishes the job.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
@@ -143,9 +145,13 @@ struct HotplugAddArgs {
     /// Print JSON: ifname, id.
     #[arg(long)]
     json: bool,
-    /// Seconds to wait for each QMP answer.
+    /// Seconds for the whole operation: connect, QMP commands and waits.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Seconds for undoing a failed add, from when the rollback starts
+    /// [default: --timeout, at least 1].
+    #[arg(long, value_name = "SECONDS")]
+    rollback_timeout: Option<f64>,
 }
 
 const OPEN_HELP: &str = "\
@@ -383,9 +389,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Hotplug(HotplugCmd::Add(args)) => hotplug_add(args),
         Command::Hotplug(HotplugCmd::Del { qmp, id, timeout }) => {
             vmtap::hotplug::validate_id(&id)?;
-            let t = seconds(timeout)?;
-            let mut conn = vmtap::qmp::Qmp::connect(&qmp, t)?;
-            vmtap::hotplug::del(&mut conn, &id, t)?;
+            let monitor = vmtap::hotplug::Monitor::new(qmp, seconds("--timeout", timeout)?);
+            vmtap::hotplug::del(&monitor, &id)?;
             Ok(())
         }
     }
@@ -537,11 +542,11 @@ fn hand_over(tap: vmtap::Tap, id: &str, program: &str, program_args: &[String]) 
     }
 }
 
-fn seconds(s: f64) -> Result<std::time::Duration, CliError> {
+fn seconds(option: &str, s: f64) -> Result<std::time::Duration, CliError> {
     std::time::Duration::try_from_secs_f64(s)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| CliError::Invalid(format!("invalid --timeout {s}: must be positive")))
+        .ok_or_else(|| CliError::Invalid(format!("invalid {option} {s}: must be positive")))
 }
 
 fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
@@ -560,9 +565,11 @@ fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
     // Invalid input is refused before anything is opened or connected.
     vmtap::hotplug::validate_id(&opts.id)?;
     opts.open.validate()?;
-    let t = seconds(args.timeout)?;
-    let mut conn = vmtap::qmp::Qmp::connect(&args.qmp, t)?;
-    let ifname = vmtap::hotplug::add(&mut conn, &opts)?;
+    let mut monitor = vmtap::hotplug::Monitor::new(&args.qmp, seconds("--timeout", args.timeout)?);
+    if let Some(r) = args.rollback_timeout {
+        monitor.rollback_timeout = seconds("--rollback-timeout", r)?;
+    }
+    let ifname = vmtap::hotplug::add(&monitor, &opts)?;
     if args.json {
         emit(&format!("{}\n", json!({ "ifname": ifname, "id": args.id })))
     } else {

@@ -65,6 +65,13 @@ impl Qemu {
         }
     }
 
+    /// Whether QEMU has a netdev or device `id`, asked on a connection of
+    /// our own.
+    fn presence(&self, id: &str) -> vmtap::hotplug::Presence {
+        let mut c = vmtap::qmp::Qmp::connect(&self.qmp, Duration::from_secs(30)).unwrap();
+        vmtap::hotplug::presence(&mut c, id).unwrap()
+    }
+
     fn vmtap(&self, args: &[&str]) -> Output {
         let qmp = self.qmp.to_str().unwrap();
         let mut all = vec!["hotplug", args[0], "--qmp", qmp];
@@ -217,6 +224,65 @@ fn hot_add_ping_remove_failures_and_cycles_leave_nothing() {
             assert_eq!(interfaces(), base_ifs);
         }
         server.join().unwrap();
+
+        // Adds with deadlines too short to finish, so that they fail at
+        // different steps: each ends with the full NIC (reported as a
+        // success, then removed) or with nothing of it in QEMU, and QEMU's
+        // fds come back each time. The rollback gets a generous deadline
+        // of its own: what is tested here is that it undoes exactly what
+        // was done, not how fast.
+        let attempts = 36;
+        let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
+        for i in 0..attempts {
+            // 1 ms to 50 ms, spaced geometrically: most fail somewhere.
+            let t = format!(
+                "{:.4}",
+                0.001 * 50f64.powf(i as f64 / (attempts - 1) as f64)
+            );
+            let o = vm.vmtap(&[
+                "add",
+                "--id",
+                "tiny",
+                "--queues",
+                "2",
+                "--timeout",
+                &t,
+                "--rollback-timeout",
+                "20",
+            ]);
+            let outcome = if o.status.success() {
+                ok(&vm.vmtap(&["del", "--id", "tiny", "--timeout", "60"]));
+                if String::from_utf8_lossy(&o.stderr).contains("QEMU did it") {
+                    "plugged, device_add late".to_string()
+                } else {
+                    "plugged".to_string()
+                }
+            } else {
+                let e = String::from_utf8_lossy(&o.stderr).into_owned();
+                assert!(!e.contains("may remain"), "attempt {i} ({t} s): {e}");
+                assert!(e.contains("no answer from QEMU in time"), "{e}");
+                // "... failed at STEP: ..."
+                e.split(" failed at ")
+                    .nth(1)
+                    .and_then(|r| r.split(':').next())
+                    .unwrap_or(&e)
+                    .to_string()
+            };
+            let p = vm.presence("tiny");
+            assert_eq!(
+                p,
+                vmtap::hotplug::Presence::default(),
+                "attempt {i} ({t} s, {outcome}): QEMU keeps {p:?}"
+            );
+            assert_eq!(interfaces(), base_ifs, "attempt {i}: host interface left");
+            assert_eq!(
+                vm.fds_settled(base_fds),
+                base_fds,
+                "attempt {i} ({t} s, {outcome}): QEMU fd leaked"
+            );
+            *outcomes.entry(outcome).or_default() += 1;
+        }
+        eprintln!("adds with tiny timeouts: {outcomes:?}");
 
         // Cycles on the same QEMU.
         let cycles: usize = std::env::var("VMTAP_HOTPLUG_CYCLES")
