@@ -290,7 +290,7 @@ impl CliError {
 }
 
 /// The message and its causes on one line, without repeating a cause the
-/// message already contains.
+/// message already contains, control characters escaped.
 fn one_line(err: &CliError) -> String {
     let mut line = err.to_string();
     let mut source = std::error::Error::source(err);
@@ -302,7 +302,18 @@ fn one_line(err: &CliError) -> String {
         }
         source = s.source();
     }
-    line
+    // Names, paths and QEMU's own words can hold newlines or other control
+    // characters: escape them so the message stays one line.
+    line.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn main() -> ExitCode {
