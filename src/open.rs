@@ -365,10 +365,12 @@ fn create(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap>
 }
 
 /// The flags a queue must bind with to attach to the tap `link` without
-/// changing it: the complete flags when sysfs shows them for sure, else
-/// the ones netlink reports. Netlink does not report `IFF_ONE_QUEUE` (no
-/// effect since Linux 3.8) nor the NAPI flags: without a trusted sysfs they
-/// are taken as off, as `vmtap create`, `ip tuntap` and QEMU make taps.
+/// changing it. Only the first queue to attach to an idle tap sets them
+/// (the kernel ignores them while other queues are attached), so for an
+/// idle tap they are its complete flags when sysfs shows them for sure;
+/// else the ones netlink reports. Netlink does not report `IFF_ONE_QUEUE`
+/// (no effect since Linux 3.8) nor the NAPI flags: without a trusted sysfs
+/// they are taken as off, as `vmtap create`, `ip tuntap` and QEMU make taps.
 fn existing_flags(sys: &dyn Syscalls, link: &LinkState, tun: &TunLinkInfo) -> TunFlags {
     let kept = TunFlags::TAP
         | TunFlags::NO_PI
@@ -377,7 +379,12 @@ fn existing_flags(sys: &dyn Syscalls, link: &LinkState, tun: &TunLinkInfo) -> Tu
         | TunFlags::MULTI_QUEUE
         | TunFlags::NAPI
         | TunFlags::NAPI_FRAGS;
-    if let Some(exact) = sys.exact_tun_flags(link) {
+    let users = if tun.multi_queue {
+        tun.queues + tun.disabled_queues
+    } else {
+        u32::from(link.carrier)
+    };
+    if users == 0 && let Some(exact) = sys.exact_tun_flags(link) {
         return exact & kept;
     }
     let mut flags = tap_flags(tun.multi_queue, tun.vnet_hdr) - TunFlags::ONE_QUEUE;

@@ -139,7 +139,13 @@ impl Syscalls for Kernel {
     fn exact_tun_flags(&self, link: &LinkState) -> Option<TunFlags> {
         let tun = link.tun.as_ref()?;
         let dir = Path::new("/sys/class/net").join(&link.name);
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        // One read of a small attribute file (no size probe first).
+        let read = |f: &str| -> Option<String> {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let n = std::fs::File::open(dir.join(f)).ok()?.read(&mut buf).ok()?;
+            String::from_utf8(buf[..n].to_vec()).ok()
+        };
         let index: u32 = read("ifindex")?.trim().parse().ok()?;
         let mac = read("address")?;
         let flags = read("tun_flags")?;
