@@ -64,6 +64,8 @@ pub enum Op {
     InThisNetns,
     /// `vhost_get_features`.
     VhostGetFeatures,
+    /// `char_device`.
+    CharDevice,
 }
 
 /// One recorded call: the operation and a short description of its argument.
@@ -654,11 +656,23 @@ impl Syscalls for FakeKernel {
         Ok(Some(true))
     }
 
+    fn char_device(&self, fd: BorrowedFd<'_>) -> io::Result<Option<(u32, u32)>> {
+        let st = self.enter(Op::CharDevice, String::new())?;
+        let f = st.fds.get(&inode(fd)?).ok_or_else(|| errno(libc::EBADF))?;
+        Ok(if st.vhost_net.contains(&f.path) {
+            Some(crate::sys::VHOST_NET_DEVICE)
+        } else if f.path == Path::new(crate::open::TUN_PATH) {
+            Some((10, 200))
+        } else {
+            None
+        })
+    }
+
     fn vhost_get_features(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
         let st = self.enter(Op::VhostGetFeatures, String::new())?;
         let f = st.fds.get(&inode(fd)?).ok_or_else(|| errno(libc::ENOTTY))?;
         if st.vhost_net.contains(&f.path) {
-            Ok(crate::sys::VHOST_NET_F_VIRTIO_NET_HDR | (1 << 15))
+            Ok(crate::sys::VHOST_NET_F_VIRTIO_NET_HDR | (1 << 15) | (1 << 32))
         } else {
             Err(errno(libc::ENOTTY))
         }

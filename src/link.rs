@@ -48,6 +48,18 @@ pub enum LinkError {
     /// The interface is not a TUN/TAP device.
     #[error("\"{0}\" exists but is not a TAP device")]
     NotATap(String),
+    /// The tap is a port of another bridge (or other master) already.
+    #[error(
+        "\"{ifname}\" is a port of \"{master}\" already: vmtap does not move it to \"{bridge}\" (its port settings could not be put back)"
+    )]
+    OtherMaster {
+        /// The tap.
+        ifname: String,
+        /// Its master now.
+        master: String,
+        /// The bridge asked.
+        bridge: String,
+    },
     /// A MAC address was refused.
     #[error("invalid MAC address \"{mac}\": {problem}")]
     InvalidMac {
@@ -362,6 +374,24 @@ impl Netlink {
         }
     }
 
+    /// The link with interface index `index`, or `None`.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<LinkState>, LinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(RouteNetlinkMessage::GetLink(msg)) {
+            Ok(replies) => Ok(replies.iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(m) => Some(parse_link(m)),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(source) => Err(LinkError::Netlink {
+                step: "looking up the link".into(),
+                ifname: format!("index {index}"),
+                source,
+            }),
+        }
+    }
+
     /// The link named `name`; an error when there is none.
     pub fn require(&mut self, name: &str) -> Result<LinkState, LinkError> {
         self.link(name)?
@@ -615,6 +645,19 @@ fn apply(
     undo: &mut Vec<Undo>,
 ) -> Result<(), LinkError> {
     let ifname = &tap.name;
+    // Checked before anything changes.
+    if let (Some(b), Some(m)) = (bridge, tap.master)
+        && m != b.index
+    {
+        let master = nl
+            .link_by_index(m)?
+            .map_or_else(|| format!("index {m}"), |l| l.name);
+        return Err(LinkError::OtherMaster {
+            ifname: ifname.clone(),
+            master,
+            bridge: b.name.clone(),
+        });
+    }
     let mtu = match opts.mtu {
         Some(mtu) => Some(mtu),
         None => bridge.map(bridge_mtu).transpose()?.flatten(),

@@ -12,7 +12,7 @@ use crate::error::{Action, BindMode, Error, NameProblem, Result, explain_open};
 use crate::link::{LinkState, MacAddr, TunLinkInfo};
 use crate::sys::{IFNAME_MAX, TunFlags};
 use crate::syscalls::{Kernel, Syscalls};
-use crate::tap::{Tap, TapQueue, bind, lookup_link, open_tun, tap_flags};
+use crate::tap::{Tap, TapQueue, TapStatus, bind, lookup_link, open_tun, tap_flags};
 
 /// The TUN/TAP clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -184,8 +184,9 @@ pub struct OpenOptions {
     pub name: Option<String>,
     /// Features.
     pub features: Features,
-    /// Attach to an existing tap (e.g. a persistent one) instead of
-    /// refusing it; its flags are then checked against `features`.
+    /// Attach to an existing persistent tap that nobody uses instead of
+    /// refusing it; its flags are then checked against `features` and never
+    /// changed.
     pub attach_existing: bool,
     /// The TUN clone device (default `/dev/net/tun`).
     pub tun_path: PathBuf,
@@ -364,11 +365,10 @@ fn create(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap>
     })
 }
 
-/// The flags a queue must bind with to attach to the tap `link` without
-/// changing it. Only the first queue to attach to an idle tap sets them
-/// (the kernel ignores them while other queues are attached), so for an
-/// idle tap they are its complete flags when sysfs shows them for sure;
-/// else the ones netlink reports. Netlink does not report `IFF_ONE_QUEUE`
+/// The flags a queue must bind with to attach to the (idle) tap `link`
+/// without changing it: the first queue to attach to an idle tap sets
+/// them. Its complete flags when sysfs shows them for sure; else the ones
+/// netlink reports. Netlink does not report `IFF_ONE_QUEUE`
 /// (no effect since Linux 3.8) nor the NAPI flags: without a trusted sysfs
 /// they are taken as off, as `vmtap create`, `ip tuntap` and QEMU make taps.
 fn existing_flags(sys: &dyn Syscalls, link: &LinkState, tun: &TunLinkInfo) -> TunFlags {
@@ -379,12 +379,7 @@ fn existing_flags(sys: &dyn Syscalls, link: &LinkState, tun: &TunLinkInfo) -> Tu
         | TunFlags::MULTI_QUEUE
         | TunFlags::NAPI
         | TunFlags::NAPI_FRAGS;
-    let users = if tun.multi_queue {
-        tun.queues + tun.disabled_queues
-    } else {
-        u32::from(link.carrier)
-    };
-    if users == 0 && let Some(exact) = sys.exact_tun_flags(link) {
+    if let Some(exact) = sys.exact_tun_flags(link) {
         return exact & kept;
     }
     let mut flags = tap_flags(tun.multi_queue, tun.vnet_hdr) - TunFlags::ONE_QUEUE;
@@ -392,18 +387,28 @@ fn existing_flags(sys: &dyn Syscalls, link: &LinkState, tun: &TunLinkInfo) -> Tu
     flags
 }
 
-/// Attaches N queues to the existing tap `name` without creating or
-/// changing it: its flags are read over netlink first and the queues bind
-/// with exactly those; a request that disagrees is refused before any
+/// Attaches N queues to the existing persistent tap `name`, which nobody
+/// uses, without creating or changing it: its flags are read over netlink
+/// first and the queues bind with exactly those; a request that disagrees,
+/// a tap that is not persistent and a tap in use are refused before any
 /// queue is bound.
 fn attach(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap> {
     let queues = opts.features.queues;
     let link = lookup_link(&*sys, name, Action::Attach)?;
-    let tun = match &link.tun {
-        Some(t) if t.tap => t.clone(),
-        _ => return Err(Error::NotATap(name.to_string())),
-    };
+    let status = TapStatus::from_link(&link)?;
+    let tun = link.tun.clone().expect("a tap has tun attributes");
     check_existing(name, opts.features.vnet_hdr, queues > 1, &tun)?;
+    // A tap that lives only with its fds belongs to whoever holds them,
+    // and a tap with queues attached is some VM's: never share one.
+    if !status.persistent {
+        return Err(Error::NotPersistent(name.to_string()));
+    }
+    if status.users() > 0 {
+        return Err(Error::InUse {
+            ifname: name.to_string(),
+            queues: status.users(),
+        });
+    }
     let flags = existing_flags(&*sys, &link, &tun);
     log::debug!("{name} exists (index {}) with {flags:?}", link.index);
 
@@ -418,11 +423,26 @@ fn attach(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap>
         let same = sys.tun_get_hwaddr(fd.as_fd()).ok().map(MacAddr) == link.mac
             && sys
                 .tun_get_iff(fd.as_fd())
-                .is_ok_and(|(_, f)| f.contains(TunFlags::PERSIST) == tun.persist);
+                .is_ok_and(|(_, f)| f.contains(TunFlags::PERSIST));
         if !same {
             return Err(Error::Vanished(name.to_string()));
         }
         tap_queues.push(TapQueue::with_sys(fd, sys.clone()));
+    }
+    // Another process may have attached between the look-up and the binds
+    // (a single-queue tap refuses a second queue itself): count again.
+    if tun.multi_queue {
+        let now = lookup_link(&*sys, name, Action::Attach)?;
+        let users = TapStatus::from_link(&now)?.users() as usize;
+        if now.index != link.index || users < queues {
+            return Err(Error::Vanished(name.to_string()));
+        }
+        if users > queues {
+            return Err(Error::InUse {
+                ifname: name.to_string(),
+                queues: (users - queues) as u32,
+            });
+        }
     }
     Ok(Tap {
         name: name.to_string(),
@@ -499,7 +519,10 @@ pub fn check_vhost_net_path(path: &Path) -> Result<()> {
     open_vhosts(&Kernel, &opts).map(drop)
 }
 
-/// Checks that `fd` (opened from `path`) is a vhost-net device.
+/// Checks that `fd` (opened from `path`) is the vhost-net device: the
+/// character device 10:238 (fixed for vhost-net; vhost-vsock, vhost-scsi
+/// and vhost-vdpa have other numbers but answer the same ioctls), on which
+/// `VHOST_GET_FEATURES` works (the module is there behind the node).
 pub(crate) fn check_vhost_net(sys: &dyn Syscalls, fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
     let not = |cause: String| {
         Err(Error::NotVhostNet {
@@ -507,14 +530,19 @@ pub(crate) fn check_vhost_net(sys: &dyn Syscalls, fd: BorrowedFd<'_>, path: &Pat
             cause,
         })
     };
-    match sys.vhost_get_features(fd) {
-        Ok(f) if f & crate::sys::VHOST_NET_F_VIRTIO_NET_HDR != 0 => Ok(()),
-        Ok(f) => not(format!(
-            "a vhost device, but not vhost-net (features {f:#x} lack VHOST_NET_F_VIRTIO_NET_HDR)"
-        )),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
-            not("VHOST_GET_FEATURES is not supported on it".into())
+    let (major, minor) = crate::sys::VHOST_NET_DEVICE;
+    match sys.char_device(fd) {
+        Ok(Some(dev)) if dev == (major, minor) => {}
+        Ok(Some((a, b))) => {
+            return not(format!(
+                "it is character device {a}:{b}, not vhost-net's {major}:{minor}"
+            ));
         }
+        Ok(None) => return not("it is not a character device".into()),
+        Err(e) => return not(format!("fstat failed: {e}")),
+    }
+    match sys.vhost_get_features(fd) {
+        Ok(_) => Ok(()),
         Err(e) => not(format!("VHOST_GET_FEATURES failed: {e}")),
     }
 }

@@ -53,8 +53,13 @@ pub mod request {
 /// The ioctl type of vhost devices (`VHOST_VIRTIO` in `linux/vhost.h`).
 const VHOST_VIRTIO: u32 = 0xAF;
 
-/// `VHOST_NET_F_VIRTIO_NET_HDR`: a feature bit only vhost-net offers.
+/// `VHOST_NET_F_VIRTIO_NET_HDR` (bit 27; shared with `VIRTIO_F_ANY_LAYOUT`,
+/// which every vhost device offers, so it does not tell vhost-net apart).
 pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
+
+/// The vhost-net misc device's (major, minor): `MISC_MAJOR` 10 and
+/// `VHOST_NET_MINOR` 238 (fixed in `include/linux/miscdevice.h`).
+pub const VHOST_NET_DEVICE: (u32, u32) = (10, 238);
 
 bitflags! {
     /// The `IFF_*` flags of `TUNSETIFF`, `TUNGETIFF` and `TUNGETFEATURES`.

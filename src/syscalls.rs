@@ -63,6 +63,9 @@ pub trait Syscalls: Send + Sync {
     fn tun_in_this_netns(&self, fd: BorrowedFd<'_>) -> io::Result<Option<bool>>;
     /// `VHOST_GET_FEATURES`.
     fn vhost_get_features(&self, fd: BorrowedFd<'_>) -> io::Result<u64>;
+    /// The (major, minor) of the character device `fd` is open on, or
+    /// `None` when it is not a character device (`fstat`).
+    fn char_device(&self, fd: BorrowedFd<'_>) -> io::Result<Option<(u32, u32)>>;
 }
 
 /// The real kernel.
@@ -189,5 +192,13 @@ impl Syscalls for Kernel {
     }
     fn vhost_get_features(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
         sys::vhost_get_features(fd)
+    }
+    fn char_device(&self, fd: BorrowedFd<'_>) -> io::Result<Option<(u32, u32)>> {
+        use rustix::fs::{FileType, fstat, major, minor};
+        let st = fstat(fd)?;
+        Ok(
+            (FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice)
+                .then(|| (major(st.st_rdev), minor(st.st_rdev))),
+        )
     }
 }

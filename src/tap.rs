@@ -395,7 +395,7 @@ pub struct TapStatus {
 
 impl TapStatus {
     /// Reads a tap's status from a link; `NotATap` for anything else.
-    fn from_link(link: &LinkState) -> Result<Self> {
+    pub(crate) fn from_link(link: &LinkState) -> Result<Self> {
         let tun = match &link.tun {
             Some(t) if t.tap => t,
             _ => return Err(Error::NotATap(link.name.clone())),

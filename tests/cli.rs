@@ -85,9 +85,9 @@ fn vhost_devices_that_are_not_vhost_net_are_refused_before_any_tap_exists() {
         for (path, words) in [
             (
                 "/dev/null",
-                "/dev/null is not a vhost-net device: VHOST_GET_FEATURES is not supported on it",
+                "/dev/null is not a vhost-net device: it is character device 1:3, not vhost-net's 10:238",
             ),
-            ("/dev/net/tun", "is not a vhost-net device"),
+            ("/dev/net/tun", "it is character device 10:200, not"),
             (
                 "/nonexistent/vhost-net",
                 "vhost-net is not available on this host",
@@ -607,6 +607,32 @@ fn link_changes_on_an_existing_tap_are_undone_when_a_later_step_fails() {
             assert!(stderr(&o).contains("cannot run"), "{}", stderr(&o));
             assert_eq!(settings(), before, "{extra:?} left a change");
         }
+        // A tap that is a port of another bridge is not moved (its port
+        // settings could not be put back): refused before any change.
+        ip(&["link", "add", "br1", "type", "bridge"]);
+        ip(&["link", "set", "lk0", "master", "br1"]);
+        let before = settings();
+        let o = vmtap(&[
+            "open",
+            "--name",
+            "lk0",
+            "--attach-existing",
+            "--mtu",
+            "9000",
+            "--bridge",
+            "br0",
+            "--",
+            "true",
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains("\"lk0\" is a port of \"br1\" already"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(settings(), before);
+        ip(&["link", "set", "lk0", "nomaster"]);
+
         // When the program runs, the changes stay (that was the request).
         let o = vmtap(&[
             "open",

@@ -86,35 +86,58 @@ fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
             assert_eq!(interfaces(), before_ifs, "{what}: interface left behind");
         }
 
-        // Queue k fails half-way on a real device: with 254 more queues the
-        // tap is full (256); asking 3 more fails at the kernel (E2BIG) on
-        // the first, and asking for 254 + 3 in one call fails at queue 254.
-        let full = OpenOptions::new()
-            .name("pmq0")
-            .queues(254)
-            .attach_existing(true)
-            .open()
-            .unwrap();
-        let after_full = fd_count();
-        let err = OpenOptions::new()
-            .name("pmq0")
-            .queues(3)
-            .attach_existing(true)
-            .open()
-            .unwrap_err();
-        assert_eq!(err.errno(), Some(libc::E2BIG), "{err}");
-        assert!(err.to_string().contains("256 queues"), "{err}");
-        assert_eq!(fd_count(), after_full);
-        drop(full);
-        assert_eq!(fd_count(), before_fds);
-        let err = OpenOptions::new()
-            .name("pmq0")
-            .queues(255)
-            .attach_existing(true)
-            .open()
-            .unwrap_err();
-        assert!(err.to_string().contains("(queue 254)"), "{err}");
-        assert_eq!(fd_count(), before_fds);
+        // A tap another user holds is never shared, whatever is asked.
+        for queues in [1, 2, 254] {
+            let err = OpenOptions::new()
+                .name("pmq0")
+                .queues(queues)
+                .attach_existing(true)
+                .open()
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InUse { .. } | Error::Mismatch { .. }),
+                "{err}"
+            );
+            assert_eq!(fd_count(), before_fds);
+            assert_eq!(sysfs_tx_queues("pmq0"), 2, "nothing attached");
+        }
+
+        // Queue k fails half-way on a real device: an fd limit that lets
+        // only some of the queues open (EMFILE), creating and attaching.
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let tight = Rlimit {
+            current: Some(before_fds as u64 + 6),
+            maximum: limit.maximum,
+        };
+        vmtap::create_persistent(
+            "idle0",
+            &PersistentOptions {
+                multi_queue: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let idle_ifs = interfaces();
+        setrlimit(Resource::Nofile, tight).unwrap();
+        let results: Vec<Result<vmtap::Tap, Error>> = vec![
+            OpenOptions::new().name("fl%d").queues(16).open(),
+            OpenOptions::new()
+                .name("idle0")
+                .queues(16)
+                .attach_existing(true)
+                .open(),
+        ];
+        setrlimit(Resource::Nofile, limit).unwrap();
+        for r in results {
+            let err = r.unwrap_err();
+            assert_eq!(err.errno(), Some(libc::EMFILE), "{err}");
+            assert!(err.to_string().contains("Too many open files"), "{err}");
+            assert_eq!(fd_count(), before_fds, "{err}: fd leaked");
+        }
+        assert_eq!(interfaces(), idle_ifs);
+        assert_eq!(vmtap::tap_status("idle0").unwrap().users(), 0);
+        vmtap::delete_persistent("idle0").unwrap();
         assert_eq!(interfaces(), before_ifs);
         drop(holder);
         vmtap::delete_persistent("pmq0").unwrap();

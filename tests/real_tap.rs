@@ -361,7 +361,12 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
                         assert!(matches!(err, Error::NoSuchInterface { .. }), "{err}");
 
                         // The tap is deleted (as `ip link del` would, users
-                        // or not) while this thread attaches to it.
+                        // or not) while this thread attaches to it. (A tap
+                        // an earlier attach made by accident goes once the
+                        // children forked meanwhile let go of its fd.)
+                        wait_until(&format!("{vanishing} is gone"), 30, || {
+                            vmtap::tap_status(&vanishing).is_err()
+                        });
                         create_persistent(&vanishing, &mq).unwrap();
                         let index = vmtap::tap_status(&vanishing).unwrap().index;
                         let deleter = std::thread::spawn(move || {
@@ -378,6 +383,9 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
                         {
                             Ok(_) => "attached before the delete".to_string(),
                             Err(Error::NoSuchInterface { .. }) => "no such tap".to_string(),
+                            // The creator's fd (or an accidental tap's) can
+                            // live on briefly in a child forked meanwhile.
+                            Err(Error::InUse { .. }) => "in use for a moment".to_string(),
                             Err(Error::Vanished(_)) => "vanished while attaching".to_string(),
                             Err(e) => panic!("unexpected: {e}"),
                         };
@@ -405,5 +413,66 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
             ghosts.is_empty(),
             "attach created a missing tap: {ghosts:?}"
         );
+    });
+}
+
+#[test]
+fn racing_attaches_never_share_a_tap() {
+    use std::time::Instant;
+    in_netns(|| {
+        create_persistent(
+            "sh0",
+            &PersistentOptions {
+                multi_queue: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Each thread attaches 2 queues over and over; while one holds the
+        // tap no other attach may succeed (the look-up refuses a tap in
+        // use, and a count after binding catches one that raced in).
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let mut held = Vec::new();
+                    for _ in 0..150 {
+                        let opts = OpenOptions::new()
+                            .name("sh0")
+                            .queues(2)
+                            .attach_existing(true);
+                        match opts.open() {
+                            Ok(tap) => {
+                                let from = Instant::now();
+                                std::thread::yield_now();
+                                held.push((from, Instant::now()));
+                                drop(tap);
+                            }
+                            // Back off a little so that every thread gets a turn.
+                            Err(Error::InUse { .. }) => {
+                                std::thread::sleep(std::time::Duration::from_micros(
+                                    200 + 300 * (held.len() as u64 % 3),
+                                ))
+                            }
+                            Err(e) => panic!("unexpected: {e}"),
+                        }
+                    }
+                    held
+                })
+            })
+            .collect();
+        let mut held: Vec<(Instant, Instant)> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        held.sort();
+        assert!(!held.is_empty(), "some attaches succeed");
+        eprintln!("{} attaches succeeded, none at the same time", held.len());
+        for pair in held.windows(2) {
+            assert!(pair[0].1 <= pair[1].0, "two attaches held sh0 at once");
+        }
+        wait_until("sh0 has no queue attached", 30, || {
+            vmtap::tap_status("sh0").unwrap().users() == 0
+        });
+        delete_persistent("sh0").unwrap();
     });
 }

@@ -406,7 +406,7 @@ fn a_failure_at_any_step_leaves_nothing_behind() {
         let total = open(&reference, &opts)
             .map(|_| reference.calls().len())
             .unwrap();
-        assert_eq!(total, 1 + queues * 2 + if vhost { 2 * queues } else { 0 });
+        assert_eq!(total, 1 + queues * 2 + if vhost { 3 * queues } else { 0 });
         for step in 0..total {
             for errno in [libc::EIO, libc::EBUSY, libc::ENOENT] {
                 let k = fake();
@@ -810,7 +810,13 @@ fn vhost_paths_must_be_vhost_net_devices() {
     assert!(matches!(err, Error::NotVhostNet { .. }), "{err}");
     assert_eq!(
         err.to_string(),
-        "/dev/null is not a vhost-net device: VHOST_GET_FEATURES is not supported on it"
+        "/dev/null is not a vhost-net device: it is not a character device"
+    );
+    let err = open(&k, &OpenOptions::new().vhost(true).vhost_path(TUN_PATH)).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("it is character device 10:200, not vhost-net's 10:238"),
+        "{err}"
     );
     assert!(binds(&k).is_empty(), "checked before any tap exists");
     assert_eq!(k.open_fds(), 0);
@@ -843,4 +849,44 @@ fn inspecting_fds_says_what_they_are() {
             .contains("a TUN (layer 3) device, not a TAP"),
         "{err}"
     );
+}
+
+#[test]
+fn attach_refuses_taps_that_are_not_persistent_or_in_use() {
+    let k = fake();
+    let mq = TunFlags::TAP | TunFlags::NO_PI | TunFlags::MULTI_QUEUE;
+    k.add_device("p0", FakeDevice::new(mq, true));
+    let _vm = open(
+        &k,
+        &OpenOptions::new()
+            .name("p0")
+            .queues(2)
+            .attach_existing(true),
+    )
+    .unwrap();
+    let _other = open(&k, &OpenOptions::new().name("t0").queues(2)).unwrap();
+    let before = binds(&k).len();
+    let err = open(
+        &k,
+        &OpenOptions::new()
+            .name("p0")
+            .queues(2)
+            .attach_existing(true),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::InUse { queues: 2, .. }),
+        "another VM's tap is never shared: {err}"
+    );
+    let err = open(
+        &k,
+        &OpenOptions::new()
+            .name("t0")
+            .queues(2)
+            .attach_existing(true),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::NotPersistent(_)), "{err}");
+    assert_eq!(binds(&k).len(), before, "refused before binding");
+    assert_eq!(k.devices()["p0"].queue_fds(), 2);
 }
