@@ -7,7 +7,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -69,17 +68,6 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_gone(name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while exists(name) {
-        assert!(
-            Instant::now() < deadline,
-            "{name} still exists after QEMU exited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
