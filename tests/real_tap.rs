@@ -476,3 +476,27 @@ fn racing_attaches_never_share_a_tap() {
         delete_persistent("sh0").unwrap();
     });
 }
+
+#[test]
+fn an_exhausted_template_says_so() {
+    in_netns(|| {
+        // 14 bytes before the number: "x0".."x9" fit, "x10".."x99" fit,
+        // "x100" would be cut to "x10", which is taken: 100 names in all.
+        let template = "abcdefghijklm%d";
+        for i in 0..100 {
+            let info = create_persistent(template, &PersistentOptions::default()).unwrap();
+            assert_eq!(info.name, format!("abcdefghijklm{i}"));
+        }
+        let err = create_persistent(template, &PersistentOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot create tap \"abcdefghijklm%d\" (queue 0): every name this template gives (cut to 15 bytes) is taken"
+        );
+        let err = OpenOptions::new().name(template).open().unwrap_err();
+        assert!(
+            err.to_string().contains("every name this template gives"),
+            "{err}"
+        );
+        assert_eq!(interfaces().len(), 101);
+    });
+}
