@@ -6,6 +6,7 @@
 //! fail them by chance); what would break them is a wait per name or per
 //! read instead of one deadline per operation.
 
+mod common;
 mod fakeqmp;
 
 use std::os::fd::AsFd;
@@ -1225,4 +1226,144 @@ fn presence_reads_info_network_and_qom() {
     assert!(p(&mut c, "none").is_free());
     drop(c);
     q.finish();
+}
+
+// --- The command, and real taps (root, private network namespace) ---
+
+const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
+
+/// Absurd timeouts are refused as invalid input (exit 2), before anything
+/// is opened or connected.
+#[test]
+fn absurd_timeouts_are_refused() {
+    let q = FakeQemu::normal();
+    let qmp = q.path.to_str().unwrap();
+    for args in [
+        &["add", "--qmp", qmp, "--id", "x", "--timeout", "1e19"][..],
+        &[
+            "add",
+            "--qmp",
+            qmp,
+            "--id",
+            "x",
+            "--rollback-timeout",
+            "90000",
+        ],
+        &["del", "--qmp", qmp, "--id", "x", "--timeout", "inf"],
+    ] {
+        let o = std::process::Command::new(VMTAP)
+            .arg("hotplug")
+            .args(args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(e.contains("must be at most 86400 seconds (a day)"), "{e}");
+    }
+    assert_eq!(q.connections(), 0);
+}
+
+/// Whether this runs as root; otherwise the test is skipped (a failure
+/// under VMTAP_REQUIRE=1).
+fn root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ok = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !ok {
+        common::skip("needs root: a real tap in a private network namespace");
+    }
+    ok
+}
+
+/// Whether link `name` is administratively up.
+fn is_up(name: &str) -> bool {
+    let line = common::ip(&["-o", "link", "show", "dev", name]);
+    let flags = line.split('<').nth(1).and_then(|r| r.split('>').next());
+    flags.is_some_and(|f| f.split(',').any(|x| x == "UP"))
+}
+
+/// On a tap that was attached to (not created by the add), the link
+/// changes the add made are put back when plugging fails, and kept when
+/// it succeeds.
+#[test]
+fn link_changes_on_an_attached_tap_are_undone_when_plugging_fails() {
+    if !root() {
+        return;
+    }
+    common::in_netns(|| {
+        vmtap::tap::create_persistent_with(
+            &vmtap::Kernel,
+            std::path::Path::new(vmtap::open::TUN_PATH),
+            "hpx0",
+            &vmtap::PersistentOptions {
+                vnet_hdr: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!is_up("hpx0"));
+        let q = Config::default()
+            .act(|c| {
+                if c.name == "device_add" {
+                    Act::Fail
+                } else {
+                    Act::Normal
+                }
+            })
+            .start();
+        let mut o = opts(1, false);
+        o.open = OpenOptions::new().name("hpx0").attach_existing(true);
+        o.link = LinkOptions {
+            up: true,
+            ..LinkOptions::default()
+        };
+        let err = hotplug::add(&monitor(&q, LONG), &o).unwrap_err();
+        assert!(err.to_string().contains("failed at device_add"), "{err}");
+        assert!(err.to_string().contains("(host tap hpx0)"), "{err}");
+        assert!(!is_up("hpx0"), "the attached tap was left up");
+        assert!(common::exists("hpx0"));
+        assert!(q.finish().is_clean());
+
+        let q = FakeQemu::normal();
+        assert_eq!(hotplug::add(&monitor(&q, LONG), &o).unwrap(), "hpx0");
+        assert!(is_up("hpx0"), "a successful add keeps its changes");
+        drop(q.finish());
+        vmtap::delete_persistent("hpx0").unwrap();
+    });
+}
+
+/// `vmtap hotplug add` whose standard output is a closed pipe: the NIC is
+/// plugged, so the error (exit 1) says so, with the host tap, then why
+/// printing failed.
+#[test]
+fn a_broken_stdout_after_the_add_says_the_nic_is_plugged() {
+    if !root() {
+        return;
+    }
+    common::in_netns(|| {
+        let q = FakeQemu::normal();
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = std::process::Command::new(VMTAP)
+            .args(["hotplug", "add", "--qmp"])
+            .arg(&q.path)
+            .args(["--id", "nic1", "--name", "hpp0", "--json"])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(
+            e.contains(
+                "the NIC nic1 is plugged with host tap hpp0, but printing that to standard output failed: Broken pipe"
+            ),
+            "{e}"
+        );
+        // Plugged indeed: QEMU holds the tap.
+        assert!(q.state().devices.contains_key("nic1"));
+        assert!(common::exists("hpp0"));
+        drop(q.finish());
+        common::wait_gone("hpp0");
+    });
 }
