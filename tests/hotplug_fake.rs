@@ -784,6 +784,8 @@ fn a_trickling_peer_cannot_stretch_the_deadline() {
         "{err}"
     );
     assert!(err.to_string().contains("(timeout: 2s)"), "{err}");
+    // And it does: QEMU's copy of the fd keeps it.
+    assert!(k.devices().contains_key("tap0"));
     let m = q.finish();
     assert!(
         m.named.contains_key("nic1-0"),
