@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use serde::de::IgnoredAny;
 use serde_json::json;
 use vmtap::hotplug::{self, Monitor};
 use vmtap::qmp::Qmp;
@@ -62,8 +63,12 @@ fn main() {
         let mut names = Vec::new();
         for (i, q) in tap.queues().iter().enumerate() {
             let name = format!("{id}-{i}");
-            c.execute_with_fds("getfd", Some(json!({ "fdname": name })), &[q.as_fd()])
-                .unwrap();
+            c.execute_with_fds::<IgnoredAny>(
+                "getfd",
+                Some(json!({ "fdname": name })),
+                &[q.as_fd()],
+            )
+            .unwrap();
             names.push(name);
         }
         let mut netdev = json!({ "type": "tap", "id": id });
@@ -72,13 +77,13 @@ fn main() {
         } else {
             netdev["fds"] = json!(names.join(":"));
         }
-        c.execute("netdev_add", Some(netdev)).unwrap();
+        c.execute::<IgnoredAny>("netdev_add", Some(netdev)).unwrap();
         let mut device = json!({ "driver": "virtio-net-pci", "netdev": id, "id": id });
         if names.len() > 1 {
             device["mq"] = json!(true);
             device["vectors"] = json!(vmtap::qemu::vectors(names.len()));
         }
-        c.execute("device_add", Some(device)).unwrap();
+        c.execute::<IgnoredAny>("device_add", Some(device)).unwrap();
     };
     println!("hotplug add, {ROUNDS} rounds each, medians:");
     for queues in [1usize, 4] {

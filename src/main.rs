@@ -553,7 +553,15 @@ fn hand_over(tap: vmtap::Tap, id: &str, program: &str, program_args: &[String]) 
     }
 }
 
+/// The longest `--timeout` or `--rollback-timeout` accepted: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
 fn seconds(option: &str, s: f64) -> Result<std::time::Duration, CliError> {
+    if s > MAX_SECONDS {
+        return Err(CliError::Invalid(format!(
+            "invalid {option} {s}: must be at most {MAX_SECONDS} seconds (a day)"
+        )));
+    }
     std::time::Duration::try_from_secs_f64(s)
         .ok()
         .filter(|d| !d.is_zero())
@@ -581,11 +589,23 @@ fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
         monitor.rollback_timeout = seconds("--rollback-timeout", r)?;
     }
     let ifname = vmtap::hotplug::add(&monitor, &opts)?;
-    if args.json {
-        emit(&format!("{}\n", json!({ "ifname": ifname, "id": args.id })))
+    let text = if args.json {
+        format!("{}\n", json!({ "ifname": ifname, "id": args.id }))
     } else {
-        emit(&format!("{ifname}\n"))
-    }
+        format!("{ifname}\n")
+    };
+    // The NIC is in the guest now: a failure to say so must not read as
+    // a failed add (a retry would find the id in use).
+    emit(&text).map_err(|e| match e {
+        CliError::Io { source, .. } => CliError::Io {
+            what: format!(
+                "the NIC {} is plugged with host tap {ifname}, but printing that to standard output failed",
+                args.id
+            ),
+            source,
+        },
+        other => other,
+    })
 }
 
 fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), CliError> {

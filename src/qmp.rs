@@ -1,22 +1,28 @@
 //! A small synchronous QMP client: greeting, capabilities negotiation,
 //! commands with replies matched by `id`, asynchronous events kept aside
-//! (bounded), and fd passing with `SCM_RIGHTS`.
+//! (only those asked for, bounded), and fd passing with `SCM_RIGHTS`.
 //!
 //! Every wait obeys one deadline per connection ([`Qmp::deadline`]): it
 //! bounds the connect, the greeting and every command and event wait
 //! together, so a peer that trickles bytes or floods events cannot stretch
-//! it. What is read from the peer is bounded by [`Limits`]: a line longer
-//! than [`Limits::max_line`] or more unread events than allowed is an
-//! error, never unbounded growth. Partial lines stay buffered across a
-//! timeout, and a reply that answers nothing pending (a late one) is
-//! dropped, so a late reply is never taken for the answer to the next
-//! command.
+//! it. Memory held for the peer is bounded by [`Limits`]: a line longer
+//! than [`Limits::max_line`] or more kept events than allowed is an error,
+//! never unbounded growth. Lines are classified without building a
+//! `serde_json::Value`: an event nobody waits for, or a reply to no pending
+//! command, is dropped as soon as it is read; a kept event is kept as the
+//! bytes received; only the `return` of the reply being waited for is
+//! parsed, into the type the caller asks for. Partial lines stay buffered
+//! across a timeout, and a reply that answers nothing pending (a late one)
+//! is dropped, so a late reply is never taken for the answer to the next
+//! command: after a timeout the connection stays in step
+//! ([`Qmp::is_in_step`]) and can be used again.
 //!
 //! The QMP crates on crates.io do not pass fds with a command, which is the
 //! part hot-plug needs, so this is written on `rustix` (non-blocking
 //! `connect`, `poll`, `recv`, `send`, `sendmsg`).
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -31,6 +37,9 @@ use rustix::net::{
     AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
     SocketFlags, SocketType, connect, recv, send, sendmsg, socket_with,
 };
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// Bytes read from the socket at a time.
@@ -39,27 +48,73 @@ const READ_CHUNK: usize = 64 * 1024;
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
 /// How much of an offending line an error message quotes.
 const PREVIEW: usize = 120;
+/// Said when nothing at all comes from QEMU's socket.
+const ONE_CLIENT_HINT: &str =
+    "QEMU serves one QMP client at a time: another client may be connected";
 
 /// Bounds on what is kept from the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The longest line accepted, in bytes, without its newline
-    /// (default 1 MiB).
+    /// (default 256 KiB; QEMU's replies to hot-plug's commands are a few
+    /// KiB).
     pub max_line: usize,
-    /// The most events kept unread (default 1000).
+    /// The most kept events unread (default 1000). Only events someone can
+    /// wait for are kept ([`Qmp::keep_events`]); others are dropped.
     pub max_events: usize,
-    /// The most bytes of events kept unread, counted as received
-    /// (default 1 MiB).
+    /// The most bytes of kept events unread (default 1 MiB): an event is
+    /// kept as the bytes received, so this is the memory they hold.
     pub max_event_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_line: 1 << 20,
+            max_line: 256 << 10,
             max_events: 1000,
             max_event_bytes: 1 << 20,
         }
+    }
+}
+
+/// A far deadline, for a timeout too large for the clock.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `from + d`, or a far instant when that does not fit the clock (never a
+/// panic).
+pub fn later(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .or_else(|| from.checked_add(FAR))
+        .or_else(|| from.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(from)
+}
+
+/// When an operation must end, and the timeout it was given (which error
+/// messages quote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    /// `timeout` from now (far in the future for a timeout too large for
+    /// the clock).
+    pub fn after(timeout: Duration) -> Self {
+        Deadline {
+            at: later(Instant::now(), timeout),
+            timeout,
+        }
+    }
+
+    /// The instant it passes.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// The timeout it was made from.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -99,13 +154,12 @@ pub enum QmpError {
     #[error("QEMU closed the QMP connection while {0}")]
     Closed(String),
     /// The deadline passed.
-    #[error(
-        "no answer from QEMU in time while {step} (deadline: {timeout:?} for the whole operation)"
-    )]
+    #[error("no answer from QEMU in time while {step} (timeout: {timeout:?})")]
     Timeout {
         /// What was being waited for.
         step: String,
-        /// The time the operation had in all.
+        /// The timeout of the operation (as configured, not the time
+        /// left).
         timeout: Duration,
     },
     /// The peer sent a line longer than [`Limits::max_line`].
@@ -116,13 +170,15 @@ pub enum QmpError {
         /// The limit.
         limit: usize,
     },
-    /// More events arrived unread than [`Limits`] allow.
+    /// More kept events arrived unread than [`Limits`] allow.
     #[error(
-        "QMP peer sent more than {max_events} events or {max_event_bytes} bytes of events, unread, while {step}"
+        "QMP peer sent more than {max_events} events or {max_event_bytes} bytes of events that are waited for ({names}), unread, while {step}"
     )]
     TooManyEvents {
         /// What was being waited for.
         step: String,
+        /// The names of the kept events.
+        names: String,
         /// [`Limits::max_events`].
         max_events: usize,
         /// [`Limits::max_event_bytes`].
@@ -157,30 +213,67 @@ impl QmpError {
             _ => None,
         }
     }
+
+    /// QEMU's description of a refusal.
+    pub fn desc(&self) -> Option<&str> {
+        match self {
+            Self::Command { desc, .. } => Some(desc),
+            _ => None,
+        }
+    }
 }
 
 /// A refusal: the `error` member of a reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Refusal {
     /// QEMU's error class.
+    #[serde(default)]
     pub class: String,
     /// QEMU's description.
+    #[serde(default)]
     pub desc: String,
 }
 
-/// One complete message from the peer.
-#[derive(Debug, Clone, PartialEq)]
+/// An event, kept as the line received (parsed only when asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    name: String,
+    line: Box<str>,
+}
+
+impl Event {
+    /// The event's name (`DEVICE_DELETED`...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The line as received (a JSON object).
+    pub fn json(&self) -> &str {
+        &self.line
+    }
+
+    /// The event's `data` member as a `T`, or `None` when it has none or
+    /// it is not a `T`.
+    pub fn data<T: DeserializeOwned>(&self) -> Option<T> {
+        #[derive(Deserialize)]
+        struct Data<'a> {
+            #[serde(borrow, default)]
+            data: Option<&'a RawValue>,
+        }
+        let d: Data<'_> = serde_json::from_str(&self.line).ok()?;
+        serde_json::from_str(d.data?.get()).ok()
+    }
+}
+
+/// One complete message from the peer that the reader wants.
+#[derive(Debug, Clone)]
 pub enum Message {
     /// The greeting (`{"QMP": ...}`).
-    Greeting(Value),
-    /// A command's reply, with the `id` it echoes (if any).
-    Reply {
-        /// The echoed `id`.
-        id: Option<Value>,
-        /// `return`, or `error`.
-        result: Result<Value, Refusal>,
-    },
-    /// An event arrived, with this name; it is kept in the [`Inbox`].
+    Greeting,
+    /// The reply to the command waited for: its `return` (as received), or
+    /// its `error`.
+    Reply(Result<Box<RawValue>, Refusal>),
+    /// A kept event arrived, with this name; it is in the [`Inbox`].
     Event(String),
 }
 
@@ -285,15 +378,32 @@ impl Framer {
     }
 }
 
+/// The members of a message that tell what it is, borrowed from the line:
+/// nothing else in it is built (unknown members are skipped without
+/// allocating, whatever their nesting).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "QMP", borrow, default)]
+    greeting: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(rename = "return", borrow, default)]
+    ret: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
 /// What a line is.
-enum Classified {
+enum Classified<'a> {
     Blank,
-    Greeting(Value),
+    Greeting,
     Reply {
-        id: Option<Value>,
-        result: Result<Value, Refusal>,
+        id: Option<&'a RawValue>,
+        result: Result<&'a RawValue, &'a RawValue>,
     },
-    Event(String, Value),
+    Event(Cow<'a, str>),
 }
 
 /// The start of `line`, for messages.
@@ -306,60 +416,71 @@ fn preview(line: &[u8]) -> String {
     s
 }
 
-/// Parses and classifies one line from the peer.
-fn classify(line: &[u8]) -> Result<Classified, String> {
-    if line.iter().all(u8::is_ascii_whitespace) {
+/// Classifies one line from the peer, building nothing but the event name.
+fn classify(line: &[u8]) -> Result<Classified<'_>, String> {
+    let Some(first) = line.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(Classified::Blank);
-    }
-    let value: Value =
-        serde_json::from_slice(line).map_err(|e| format!("{e} in {}", preview(line)))?;
-    let Value::Object(map) = &value else {
-        return Err(format!("not a JSON object: {}", preview(line)));
     };
-    if map.contains_key("QMP") {
-        return Ok(Classified::Greeting(value));
+    if *first != b'{' {
+        return Err(format!("not a JSON object: {}", preview(line)));
     }
-    if let Some(name) = map.get("event").and_then(Value::as_str) {
-        return Ok(Classified::Event(name.to_string(), value));
+    let text = std::str::from_utf8(line).map_err(|e| format!("{e} in {}", preview(line)))?;
+    let env: Envelope<'_> =
+        serde_json::from_str(text).map_err(|e| format!("{e} in {}", preview(line)))?;
+    if env.greeting.is_some() {
+        return Ok(Classified::Greeting);
     }
-    let id = map.get("id").cloned();
-    if let Some(ret) = map.get("return") {
-        return Ok(Classified::Reply {
-            id,
-            result: Ok(ret.clone()),
-        });
+    if let Some(name) = env.event {
+        return Ok(Classified::Event(name));
     }
-    if let Some(err) = map.get("error") {
-        let s = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        return Ok(Classified::Reply {
-            id,
-            result: Err(Refusal {
-                class: s("class"),
-                desc: s("desc"),
-            }),
-        });
-    }
-    Err(format!("unexpected message {}", preview(line)))
+    let result = match (env.ret, env.error) {
+        (Some(ret), _) => Ok(ret),
+        (None, Some(err)) => Err(err),
+        (None, None) => return Err(format!("unexpected message {}", preview(line))),
+    };
+    Ok(Classified::Reply { id: env.id, result })
+}
+
+/// Whether a reply's `id` is the string `want`.
+fn id_is(id: Option<&RawValue>, want: &str) -> bool {
+    id.and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok()) == Some(want)
 }
 
 /// The receiving side of a connection, without the socket: frames lines,
-/// classifies them, and keeps events (within [`Limits`]).
+/// classifies them, keeps the events asked for (within [`Limits`]) and
+/// drops the rest.
 #[derive(Debug)]
 pub struct Inbox {
     framer: Framer,
-    events: VecDeque<(Value, usize)>,
+    keep: BTreeSet<String>,
+    events: VecDeque<Event>,
     event_bytes: usize,
+    dropped_events: u64,
+    dropped_replies: u64,
+    received: u64,
     limits: Limits,
 }
 
 impl Inbox {
-    /// An empty inbox.
+    /// An empty inbox that keeps no events.
     pub fn new(limits: Limits) -> Self {
         Inbox {
             framer: Framer::new(limits.max_line),
+            keep: BTreeSet::new(),
             events: VecDeque::new(),
             event_bytes: 0,
+            dropped_events: 0,
+            dropped_replies: 0,
+            received: 0,
             limits,
+        }
+    }
+
+    /// Keeps events named `name` from now on (others are dropped as they
+    /// arrive).
+    pub fn keep_event(&mut self, name: &str) {
+        if !self.keep.contains(name) {
+            self.keep.insert(name.to_string());
         }
     }
 
@@ -370,13 +491,33 @@ impl Inbox {
 
     /// Takes in as much of `data` as there is room for; returns how much.
     pub fn push(&mut self, data: &[u8]) -> usize {
-        self.framer.push(data)
+        let n = self.framer.push(data);
+        self.received += n as u64;
+        n
     }
 
-    /// The next complete message, or `Ok(None)` when more bytes are needed.
-    /// Events are kept (see [`Inbox::events`]) and announced by name.
+    /// Reads into the framer with `read` (see [`Framer::fill`]).
+    pub fn fill(
+        &mut self,
+        max: usize,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let n = self.framer.fill(max, read)?;
+        self.received += n as u64;
+        Ok(n)
+    }
+
+    /// The next message the caller wants, or `Ok(None)` when more bytes
+    /// are needed. `expecting` is the `id` of the command waited for: only
+    /// its reply is returned; other replies (late ones, or answers to
+    /// another client) are dropped. Kept events are stored (see
+    /// [`Inbox::events`]) and announced by name; other events are dropped.
     /// `step` says what the caller is doing, for errors.
-    pub fn next(&mut self, step: &str) -> Result<Option<Message>, QmpError> {
+    pub fn next(
+        &mut self,
+        step: &str,
+        expecting: Option<&str>,
+    ) -> Result<Option<Message>, QmpError> {
         loop {
             let line = match self.framer.next_line() {
                 Ok(Some(line)) => line,
@@ -388,29 +529,55 @@ impl Inbox {
                     });
                 }
             };
-            let size = line.len();
-            let classified = classify(line);
             if log::log_enabled!(log::Level::Debug) {
                 log::debug!("QMP <- {}", preview(line));
             }
-            match classified.map_err(QmpError::NotQmp)? {
-                Classified::Blank => continue,
-                Classified::Greeting(v) => return Ok(Some(Message::Greeting(v))),
+            match classify(line).map_err(QmpError::NotQmp)? {
+                Classified::Blank => {}
+                Classified::Greeting => return Ok(Some(Message::Greeting)),
                 Classified::Reply { id, result } => {
-                    return Ok(Some(Message::Reply { id, result }));
+                    if expecting.is_some_and(|want| id_is(id, want)) {
+                        let result = match result {
+                            Ok(ret) => Ok(ret.to_owned()),
+                            Err(err) => {
+                                Err(serde_json::from_str::<Refusal>(err.get()).map_err(|e| {
+                                    QmpError::NotQmp(format!(
+                                        "{e} in the error of {}",
+                                        preview(line)
+                                    ))
+                                })?)
+                            }
+                        };
+                        return Ok(Some(Message::Reply(result)));
+                    }
+                    self.dropped_replies += 1;
+                    log::debug!("QMP: dropped a reply that answers nothing pending");
                 }
-                Classified::Event(name, value) => {
+                Classified::Event(name) => {
+                    if !self.keep.contains(name.as_ref()) {
+                        self.dropped_events += 1;
+                        log::debug!("QMP: dropped event {name} (nobody waits for it)");
+                        continue;
+                    }
+                    let size = line.len() + name.len();
                     if self.events.len() >= self.limits.max_events
                         || self.event_bytes + size > self.limits.max_event_bytes
                     {
                         return Err(QmpError::TooManyEvents {
                             step: step.to_string(),
+                            names: self.keep.iter().cloned().collect::<Vec<_>>().join(", "),
                             max_events: self.limits.max_events,
                             max_event_bytes: self.limits.max_event_bytes,
                         });
                     }
+                    // Valid UTF-8: it parsed as JSON text.
+                    let text = String::from_utf8_lossy(line).into_owned();
+                    let name = name.into_owned();
                     self.event_bytes += size;
-                    self.events.push_back((value, size));
+                    self.events.push_back(Event {
+                        name: name.clone(),
+                        line: text.into_boxed_str(),
+                    });
                     return Ok(Some(Message::Event(name)));
                 }
             }
@@ -418,27 +585,42 @@ impl Inbox {
     }
 
     /// The kept events, oldest first.
-    pub fn events(&self) -> impl ExactSizeIterator<Item = &Value> {
-        self.events.iter().map(|(v, _)| v)
+    pub fn events(&self) -> impl ExactSizeIterator<Item = &Event> {
+        self.events.iter()
     }
 
-    /// Bytes of kept events, as received.
+    /// Bytes held by kept events.
     pub fn event_bytes(&self) -> usize {
         self.event_bytes
     }
 
+    /// Events dropped because nobody waits for them.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events
+    }
+
+    /// Replies dropped because they answer nothing pending.
+    pub fn dropped_replies(&self) -> u64 {
+        self.dropped_replies
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     /// Removes and returns the oldest kept event for which `f` holds.
-    pub fn take_event(&mut self, f: impl Fn(&Value) -> bool) -> Option<Value> {
-        let i = self.events.iter().position(|(v, _)| f(v))?;
-        let (v, size) = self.events.remove(i)?;
-        self.event_bytes -= size;
-        Some(v)
+    pub fn take_event(&mut self, f: impl Fn(&Event) -> bool) -> Option<Event> {
+        let i = self.events.iter().position(f)?;
+        let e = self.events.remove(i)?;
+        self.event_bytes -= e.line.len() + e.name.len();
+        Some(e)
     }
 
     /// Removes and returns every kept event.
-    pub fn take_events(&mut self) -> Vec<Value> {
+    pub fn take_events(&mut self) -> Vec<Event> {
         self.event_bytes = 0;
-        self.events.drain(..).map(|(v, _)| v).collect()
+        self.events.drain(..).collect()
     }
 }
 
@@ -478,7 +660,7 @@ fn connect_error(path: &Path, step: &str, e: Errno) -> QmpError {
 
 /// A non-blocking AF_UNIX connection to `path`, retried while the listen
 /// queue is full, until `deadline`.
-fn connect_unix(path: &Path, deadline: Instant, budget: Duration) -> Result<OwnedFd, QmpError> {
+fn connect_unix(path: &Path, deadline: Deadline) -> Result<OwnedFd, QmpError> {
     let step = format!("connecting to {}", path.display());
     let io_err = |e: Errno| QmpError::Io {
         step: step.clone(),
@@ -495,7 +677,7 @@ fn connect_unix(path: &Path, deadline: Instant, budget: Duration) -> Result<Owne
         .map_err(io_err)?;
         let result = match connect(&sock, &addr) {
             Err(Errno::INPROGRESS) => {
-                if !wait_ready(sock.as_fd(), PollFlags::OUT, deadline).map_err(|source| {
+                if !wait_ready(sock.as_fd(), PollFlags::OUT, deadline.at).map_err(|source| {
                     QmpError::Io {
                         step: step.clone(),
                         source,
@@ -503,7 +685,7 @@ fn connect_unix(path: &Path, deadline: Instant, budget: Duration) -> Result<Owne
                 })? {
                     return Err(QmpError::Timeout {
                         step,
-                        timeout: budget,
+                        timeout: deadline.timeout,
                     });
                 }
                 rustix::net::sockopt::socket_error(&sock).map_err(io_err)?
@@ -516,11 +698,11 @@ fn connect_unix(path: &Path, deadline: Instant, budget: Duration) -> Result<Owne
             Err(Errno::AGAIN) => {
                 // The listen queue is full (QEMU serves one client at a
                 // time; others queue up): try again until the deadline.
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline.at.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(QmpError::Timeout {
-                        step: format!("{step} (its listen queue stayed full)"),
-                        timeout: budget,
+                        step: format!("{step} (its listen queue stayed full; {ONE_CLIENT_HINT})"),
+                        timeout: deadline.timeout,
                     });
                 }
                 std::thread::sleep(left.min(CONNECT_RETRY));
@@ -546,15 +728,15 @@ fn id_prefix() -> String {
 /// A QMP connection.
 ///
 /// All waits end at [`Qmp::deadline`], set when connecting and movable with
-/// [`Qmp::set_deadline`].
+/// [`Qmp::set_deadline`]. Events are dropped unless their name was given
+/// to [`Qmp::keep_events`] (or waited for).
 pub struct Qmp {
     sock: OwnedFd,
     inbox: Inbox,
     /// Prefix of this connection's command ids, unique to it.
     id_prefix: String,
     next_id: u64,
-    deadline: Instant,
-    budget: Duration,
+    deadline: Deadline,
     out_of_step: Option<String>,
 }
 
@@ -564,7 +746,7 @@ impl std::fmt::Debug for Qmp {
             .field("sock", &self.sock)
             .field("id_prefix", &self.id_prefix)
             .field("next_id", &self.next_id)
-            .field("budget", &self.budget)
+            .field("deadline", &self.deadline)
             .field("out_of_step", &self.out_of_step)
             .finish_non_exhaustive()
     }
@@ -576,74 +758,110 @@ impl Qmp {
     /// connection's deadline is `timeout` from now: it bounds this and
     /// every later wait on the connection.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
-        Self::connect_until(path, Instant::now() + timeout, Limits::default())
+        Self::connect_until(path, Deadline::after(timeout), Limits::default())
     }
 
     /// [`Qmp::connect`] with an explicit deadline and limits.
-    pub fn connect_until(path: &Path, deadline: Instant, limits: Limits) -> Result<Self, QmpError> {
-        let budget = deadline.saturating_duration_since(Instant::now());
-        let sock = connect_unix(path, deadline, budget)?;
+    pub fn connect_until(
+        path: &Path,
+        deadline: Deadline,
+        limits: Limits,
+    ) -> Result<Self, QmpError> {
+        let sock = connect_unix(path, deadline)?;
         let mut qmp = Qmp {
             sock,
             inbox: Inbox::new(limits),
             id_prefix: id_prefix(),
             next_id: 0,
             deadline,
-            budget,
             out_of_step: None,
         };
         let step = format!("reading the greeting of {}", path.display());
         loop {
-            match qmp.read(&step, deadline)? {
+            // QEMU writes the reply to a command of the previous client
+            // that was executing when it left to whoever is connected
+            // next, even before the greeting: it is dropped (it answers no
+            // id of ours).
+            match qmp.read(&step, None, deadline.at)? {
+                None if qmp.inbox.received() == 0 => {
+                    return Err(qmp.timed_out(format!("{step} ({ONE_CLIENT_HINT})")));
+                }
                 None => return Err(qmp.timed_out(step)),
-                Some(Message::Greeting(_)) => break,
-                // QEMU writes the reply to a command of the previous
-                // client that was executing when it left to whoever is
-                // connected next, even before the greeting.
-                Some(Message::Event(_)) => {}
-                Some(other) => log::debug!("QMP: dropped {other:?} before the greeting"),
+                Some(Message::Greeting) => break,
+                Some(_) => {}
             }
         }
-        qmp.execute("qmp_capabilities", None)?;
+        qmp.execute::<serde::de::IgnoredAny>("qmp_capabilities", None)?;
         Ok(qmp)
     }
 
     /// When every wait on this connection ends.
-    pub fn deadline(&self) -> Instant {
+    pub fn deadline(&self) -> Deadline {
         self.deadline
     }
 
     /// Moves the deadline (e.g. for a new operation on the same
     /// connection).
-    pub fn set_deadline(&mut self, deadline: Instant) {
+    pub fn set_deadline(&mut self, deadline: Deadline) {
         self.deadline = deadline;
-        self.budget = deadline.saturating_duration_since(Instant::now());
     }
 
-    /// The asynchronous events received and not taken yet (oldest first).
-    pub fn events(&self) -> impl ExactSizeIterator<Item = &Value> {
+    /// False once an error (a hang-up, garbage, a line too long, a command
+    /// partly sent) left the connection out of step: it cannot be used
+    /// any more. A timeout waiting for a reply, a refusal or too many
+    /// events keep it in step: what is received later is matched by id.
+    pub fn is_in_step(&self) -> bool {
+        self.out_of_step.is_none()
+    }
+
+    /// Keeps the events with these names from now on, to be waited for
+    /// ([`Qmp::wait_event`]) or taken ([`Qmp::take_events`]); other events
+    /// are dropped as they arrive.
+    pub fn keep_events(&mut self, names: &[&str]) {
+        for name in names {
+            self.inbox.keep_event(name);
+        }
+    }
+
+    /// The kept events received and not taken yet (oldest first).
+    pub fn events(&self) -> impl ExactSizeIterator<Item = &Event> {
         self.inbox.events()
     }
 
-    /// Removes and returns the events kept so far.
-    pub fn take_events(&mut self) -> Vec<Value> {
+    /// Removes and returns the kept events received so far.
+    pub fn take_events(&mut self) -> Vec<Event> {
         self.inbox.take_events()
     }
 
-    /// Runs `command` with `arguments` and returns its `return` value.
-    pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    /// How many events were dropped because nobody waits for them.
+    pub fn dropped_events(&self) -> u64 {
+        self.inbox.dropped_events()
+    }
+
+    /// Runs `command` with `arguments` and returns its `return` value as a
+    /// `T` (use `serde::de::IgnoredAny` to ignore it).
+    ///
+    /// Only the reply being waited for is parsed, and only into `T`. With
+    /// `T = serde_json::Value` a hostile peer can make that cost many times
+    /// the reply's size (at most [`Limits::max_line`]): deeply nested
+    /// objects take about a hundred times their text; prefer a typed `T`.
+    pub fn execute<T: DeserializeOwned>(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<T, QmpError> {
         self.execute_with_fds(command, arguments, &[])
     }
 
-    /// Runs `command`, passing `fds` with `SCM_RIGHTS` in the same message
-    /// (as `getfd` and `add-fd` expect). The command carries an `id`; only
-    /// the reply with that `id` is taken, others are dropped.
-    pub fn execute_with_fds(
+    /// [`Qmp::execute`], passing `fds` with `SCM_RIGHTS` in the same
+    /// message (as `getfd` and `add-fd` expect). The command carries an
+    /// `id`; only the reply with that `id` is taken, others are dropped.
+    pub fn execute_with_fds<T: DeserializeOwned>(
         &mut self,
         command: &str,
         arguments: Option<Value>,
         fds: &[BorrowedFd<'_>],
-    ) -> Result<Value, QmpError> {
+    ) -> Result<T, QmpError> {
         self.check_in_step()?;
         let id = format!("{}-{}", self.id_prefix, self.next_id);
         self.next_id += 1;
@@ -654,43 +872,40 @@ impl Qmp {
         let mut line = msg.to_string();
         line.push('\n');
         log::debug!("QMP -> {}", line.trim_end());
-        if let Err(e) = self.send_line(line.as_bytes(), fds, &format!("sending {command}")) {
-            // Part of the line may have gone out.
-            self.out_of_step = Some(e.to_string());
-            return Err(e);
-        }
+        self.send_line(line.as_bytes(), fds, &format!("sending {command}"))?;
         let step = format!("waiting for the reply to {command}");
         loop {
-            match self.read(&step, self.deadline)? {
+            match self.read(&step, Some(&id), self.deadline.at)? {
                 None => return Err(self.timed_out(step)),
-                Some(Message::Reply {
-                    id: Some(rid),
-                    result,
-                }) if rid.as_str() == Some(&id) => {
-                    return result.map_err(|r| QmpError::Command {
+                Some(Message::Reply(Ok(ret))) => {
+                    return serde_json::from_str(ret.get()).map_err(|e| QmpError::Unexpected {
+                        command: command.to_string(),
+                        reply: format!("{e} in {}", preview(ret.get().as_bytes())),
+                    });
+                }
+                Some(Message::Reply(Err(r))) => {
+                    return Err(QmpError::Command {
                         command: command.to_string(),
                         class: r.class,
                         desc: r.desc,
                     });
                 }
-                Some(Message::Event(_)) => {}
-                Some(other) => {
-                    log::debug!("QMP: dropped {other:?}: it answers nothing pending");
-                }
+                Some(Message::Greeting | Message::Event(_)) => {}
             }
         }
     }
 
     /// Waits until an event named `name` for which `matches` holds has
-    /// arrived (or had arrived already), removes it from the kept events
-    /// and returns it. Fails at the deadline.
+    /// arrived (or had arrived already, if events of that name were kept),
+    /// removes it from the kept events and returns it. Fails at the
+    /// deadline. Events named `name` are kept from now on.
     pub fn wait_event(
         &mut self,
         name: &str,
-        matches: impl Fn(&Value) -> bool,
-    ) -> Result<Value, QmpError> {
-        let deadline = self.deadline;
-        match self.wait_event_until(name, matches, deadline)? {
+        matches: impl Fn(&Event) -> bool,
+    ) -> Result<Event, QmpError> {
+        let until = self.deadline.at;
+        match self.wait_event_until(name, matches, until)? {
             Some(e) => Ok(e),
             None => Err(self.timed_out(format!("waiting for event {name}"))),
         }
@@ -701,24 +916,22 @@ impl Qmp {
     pub fn wait_event_until(
         &mut self,
         name: &str,
-        matches: impl Fn(&Value) -> bool,
+        matches: impl Fn(&Event) -> bool,
         until: Instant,
-    ) -> Result<Option<Value>, QmpError> {
+    ) -> Result<Option<Event>, QmpError> {
         self.check_in_step()?;
-        let is_it = |e: &Value| e.get("event").and_then(Value::as_str) == Some(name) && matches(e);
+        self.inbox.keep_event(name);
+        let is_it = |e: &Event| e.name() == name && matches(e);
         let step = format!("waiting for event {name}");
         loop {
             if let Some(e) = self.inbox.take_event(is_it) {
                 return Ok(Some(e));
             }
-            let stop = until.min(self.deadline);
-            match self.read(&step, stop)? {
-                None if until < self.deadline => return Ok(None),
+            let stop = until.min(self.deadline.at);
+            match self.read(&step, None, stop)? {
+                None if until < self.deadline.at => return Ok(None),
                 None => return Err(self.timed_out(step)),
-                Some(Message::Event(_)) => {}
-                Some(other) => {
-                    log::debug!("QMP: dropped {other:?}: it answers nothing pending");
-                }
+                Some(_) => {}
             }
         }
     }
@@ -726,7 +939,7 @@ impl Qmp {
     fn timed_out(&self, step: String) -> QmpError {
         QmpError::Timeout {
             step,
-            timeout: self.budget,
+            timeout: self.deadline.timeout,
         }
     }
 
@@ -737,17 +950,35 @@ impl Qmp {
         }
     }
 
-    /// Sends `line` (with `fds` on its first byte) before the deadline.
+    /// Sends `line` (with `fds` on its first byte) before the deadline. A
+    /// failure once part of the line went out leaves the connection out of
+    /// step.
     fn send_line(
         &mut self,
         line: &[u8],
         fds: &[BorrowedFd<'_>],
         step: &str,
     ) -> Result<(), QmpError> {
-        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
         let mut sent = 0;
-        while sent < line.len() {
-            let result = if sent == 0 && !fds.is_empty() {
+        let result = self.send_inner(line, fds, step, &mut sent);
+        if let Err(e) = &result
+            && sent > 0
+        {
+            self.out_of_step = Some(e.to_string());
+        }
+        result
+    }
+
+    fn send_inner(
+        &mut self,
+        line: &[u8],
+        fds: &[BorrowedFd<'_>],
+        step: &str,
+        sent: &mut usize,
+    ) -> Result<(), QmpError> {
+        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+        while *sent < line.len() {
+            let result = if *sent == 0 && !fds.is_empty() {
                 let mut space =
                     vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
                 let mut control = SendAncillaryBuffer::new(&mut space);
@@ -757,13 +988,13 @@ impl Qmp {
                     Err(Errno::NOBUFS)
                 }
             } else {
-                send(&self.sock, &line[sent..], flags)
+                send(&self.sock, &line[*sent..], flags)
             };
             match result {
-                Ok(n) => sent += n,
+                Ok(n) => *sent += n,
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => {
-                    let ready = wait_ready(self.sock.as_fd(), PollFlags::OUT, self.deadline)
+                    let ready = wait_ready(self.sock.as_fd(), PollFlags::OUT, self.deadline.at)
                         .map_err(|source| QmpError::Io {
                             step: step.to_string(),
                             source,
@@ -773,6 +1004,8 @@ impl Qmp {
                     }
                 }
                 Err(Errno::PIPE | Errno::CONNRESET) => {
+                    // Nothing more can be read or sent.
+                    self.out_of_step = Some(format!("QEMU closed the connection while {step}"));
                     return Err(QmpError::Closed(step.to_string()));
                 }
                 Err(e) => {
@@ -786,11 +1019,16 @@ impl Qmp {
         Ok(())
     }
 
-    /// The next greeting or reply (events are kept, and announced), or
+    /// The next greeting, reply to `expecting` or kept event, or
     /// `Ok(None)` when `until` passes first. Bytes of an incomplete line
     /// stay buffered for the next call.
-    fn read(&mut self, step: &str, until: Instant) -> Result<Option<Message>, QmpError> {
-        let result = self.read_inner(step, until);
+    fn read(
+        &mut self,
+        step: &str,
+        expecting: Option<&str>,
+        until: Instant,
+    ) -> Result<Option<Message>, QmpError> {
+        let result = self.read_inner(step, expecting, until);
         if let Err(e) = &result
             && !matches!(e, QmpError::TooManyEvents { .. } | QmpError::OutOfStep(_))
         {
@@ -799,21 +1037,26 @@ impl Qmp {
         result
     }
 
-    fn read_inner(&mut self, step: &str, until: Instant) -> Result<Option<Message>, QmpError> {
+    fn read_inner(
+        &mut self,
+        step: &str,
+        expecting: Option<&str>,
+        until: Instant,
+    ) -> Result<Option<Message>, QmpError> {
         self.check_in_step()?;
         let io_err = |source| QmpError::Io {
             step: step.to_string(),
             source,
         };
         loop {
-            if let Some(m) = self.inbox.next(step)? {
+            if let Some(m) = self.inbox.next(step, expecting)? {
                 return Ok(Some(m));
             }
             if !wait_ready(self.sock.as_fd(), PollFlags::IN, until).map_err(io_err)? {
                 return Ok(None);
             }
             let sock = &self.sock;
-            let got = self.inbox.framer().fill(READ_CHUNK, |buf| {
+            let got = self.inbox.fill(READ_CHUNK, |buf| {
                 recv(sock, buf, RecvFlags::DONTWAIT)
                     .map(|(n, _)| n)
                     .map_err(io::Error::from)

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde::de::IgnoredAny;
+use serde_json::json;
 
 const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
 
@@ -65,11 +67,15 @@ impl Qemu {
         }
     }
 
+    /// A QMP connection of our own.
+    fn qmp(&self) -> vmtap::qmp::Qmp {
+        vmtap::qmp::Qmp::connect(&self.qmp, Duration::from_secs(30)).unwrap()
+    }
+
     /// Whether QEMU has a netdev or device `id`, asked on a connection of
     /// our own.
     fn presence(&self, id: &str) -> vmtap::hotplug::Presence {
-        let mut c = vmtap::qmp::Qmp::connect(&self.qmp, Duration::from_secs(30)).unwrap();
-        vmtap::hotplug::presence(&mut c, id).unwrap()
+        vmtap::hotplug::presence(&mut self.qmp(), id).unwrap()
     }
 
     fn vmtap(&self, args: &[&str]) -> Output {
@@ -139,6 +145,41 @@ fn hot_add_ping_remove_failures_and_cycles_leave_nothing() {
             base_fds,
             "QEMU holds no leftover fd"
         );
+
+        // del removes NICs only: a virtio-rng stays, untouched.
+        {
+            let mut c = vm.qmp();
+            let _: IgnoredAny = c
+                .execute(
+                    "device_add",
+                    Some(json!({"driver": "virtio-rng-pci", "id": "rng0"})),
+                )
+                .unwrap();
+        }
+        let e = err(&vm.vmtap(&["del", "--id", "rng0"]));
+        assert!(e.contains("is not a NIC"), "{e}");
+        assert!(vm.presence("rng0").device, "rng0 was touched");
+        {
+            let mut c = vm.qmp();
+            let _: IgnoredAny = c
+                .execute("device_del", Some(json!({"id": "rng0"})))
+                .unwrap();
+        }
+        wait_until("rng0 is unplugged", 60, || !vm.presence("rng0").device);
+        assert_eq!(vm.fds_settled(base_fds), base_fds, "after rng0");
+
+        // While another client holds QEMU's monitor, vmtap says so.
+        {
+            let _held = vm.qmp();
+            let o = vm.vmtap(&["add", "--id", "held", "--timeout", "1"]);
+            let e = err(&o);
+            assert!(
+                e.contains("QEMU serves one QMP client at a time: another client may be connected")
+                    && e.contains("(timeout: 1s)"),
+                "{e}"
+            );
+            assert_eq!(interfaces(), base_ifs);
+        }
 
         // Failures: each leaves QEMU's fds and the host's interfaces as they were.
         ok(&vm.vmtap(&["add", "--id", "busy", "--name", "hp1"]));
@@ -283,6 +324,51 @@ fn hot_add_ping_remove_failures_and_cycles_leave_nothing() {
             *outcomes.entry(outcome).or_default() += 1;
         }
         eprintln!("adds with tiny timeouts: {outcomes:?}");
+
+        // The same, with a rollback deadline too short to finish: whatever
+        // may remain in QEMU is named, with the tap it keeps on the host;
+        // when nothing is said to remain, the tap goes.
+        let mut named = 0;
+        for i in 0..12 {
+            let t = format!("{:.4}", 0.001 * 50f64.powf(i as f64 / 11.0));
+            let o = vm.vmtap(&[
+                "add",
+                "--id",
+                "lf1",
+                "--name",
+                "lf0",
+                "--timeout",
+                &t,
+                "--rollback-timeout",
+                "0.000001",
+            ]);
+            let e = String::from_utf8_lossy(&o.stderr).into_owned();
+            if !o.status.success() {
+                if e.contains("may remain") {
+                    assert!(
+                        e.contains("the tap lf0 stays on the host while QEMU holds its fds"),
+                        "attempt {i} ({t} s): {e}"
+                    );
+                    named += 1;
+                } else {
+                    wait_gone("lf0");
+                }
+            }
+            // Clean up whatever is there, as the message says.
+            if !vm.presence("lf1").is_free() {
+                ok(&vm.vmtap(&["del", "--id", "lf1", "--timeout", "60"]));
+            }
+            let mut c = vm.qmp();
+            let _ = c.execute::<IgnoredAny>("closefd", Some(json!({"fdname": "lf1-0"})));
+            drop(c);
+            wait_gone("lf0");
+            assert_eq!(
+                vm.fds_settled(base_fds),
+                base_fds,
+                "attempt {i} ({t} s): QEMU fd leaked: {e}"
+            );
+        }
+        eprintln!("adds whose rollback could not finish, the tap named: {named}");
 
         // Cycles on the same QEMU.
         let cycles: usize = std::env::var("VMTAP_HOTPLUG_CYCLES")

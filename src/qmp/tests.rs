@@ -8,48 +8,93 @@ use super::*;
 
 fn one(inbox: &mut Inbox, data: &str) -> Result<Option<Message>, QmpError> {
     assert_eq!(inbox.push(data.as_bytes()), data.len());
-    inbox.next("testing")
+    inbox.next("testing", Some("7"))
 }
 
 #[test]
 fn greetings_replies_events_and_garbage_are_told_apart() {
     let mut inbox = Inbox::new(Limits::default());
+    inbox.keep_event("X");
     let m = one(&mut inbox, "{\"QMP\": {\"version\": {}}}\r\n").unwrap();
-    assert!(matches!(m, Some(Message::Greeting(_))), "{m:?}");
-    let m = one(&mut inbox, "{\"return\": {\"a\": 1}, \"id\": 7}\r\n").unwrap();
-    assert_eq!(
-        m,
-        Some(Message::Reply {
-            id: Some(json!(7)),
-            result: Ok(json!({"a": 1}))
-        })
-    );
+    assert!(matches!(m, Some(Message::Greeting)), "{m:?}");
+    let m = one(&mut inbox, "{\"return\": {\"a\": 1}, \"id\": \"7\"}\r\n").unwrap();
+    match m {
+        Some(Message::Reply(Ok(ret))) => assert_eq!(ret.get(), "{\"a\": 1}"),
+        other => panic!("{other:?}"),
+    }
     let m = one(
         &mut inbox,
-        "{\"id\": 8, \"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device 'x' not found\"}}\n",
+        "{\"id\": \"7\", \"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device 'x' not found\"}}\n",
     )
     .unwrap();
-    assert_eq!(
-        m,
-        Some(Message::Reply {
-            id: Some(json!(8)),
-            result: Err(Refusal {
+    match m {
+        Some(Message::Reply(Err(r))) => assert_eq!(
+            r,
+            Refusal {
                 class: "DeviceNotFound".into(),
                 desc: "Device 'x' not found".into()
-            })
-        })
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Replies to other ids, or to none, answer nothing pending: dropped.
+    for other in [
+        "{\"return\": {}, \"id\": \"8\"}\n",
+        "{\"return\": {}, \"id\": 7}\n",
+        "{\"return\": {}}\n",
+        "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}}\n",
+    ] {
+        assert!(one(&mut inbox, other).unwrap().is_none(), "{other}");
+    }
+    assert_eq!(inbox.dropped_replies(), 4);
+    // A kept event is kept (as received) and announced; others dropped.
+    let m = one(
+        &mut inbox,
+        "{\"event\": \"X\", \"data\": {\"device\": \"d\"}}\n",
+    )
+    .unwrap();
+    assert!(matches!(&m, Some(Message::Event(n)) if n == "X"), "{m:?}");
+    assert!(
+        one(&mut inbox, "{\"event\": \"Y\", \"data\": {}}\n")
+            .unwrap()
+            .is_none()
     );
-    let m = one(&mut inbox, "{\"event\": \"X\", \"data\": {}}\n").unwrap();
-    assert_eq!(m, Some(Message::Event("X".into())));
     assert_eq!(inbox.events().len(), 1);
+    assert_eq!(inbox.dropped_events(), 1);
+    let ev = inbox.events().next().unwrap();
+    assert_eq!(ev.name(), "X");
+    assert_eq!(ev.data::<serde_json::Value>(), Some(json!({"device": "d"})));
+    assert_eq!(ev.data::<String>(), None, "data is not a string");
     // Blank lines are skipped; a partial line waits for more bytes.
-    assert_eq!(one(&mut inbox, "\r\n\n{\"return\"").unwrap(), None);
-    let m = one(&mut inbox, ": 1}\n").unwrap();
-    assert!(matches!(m, Some(Message::Reply { id: None, .. })), "{m:?}");
-    for garbage in ["SSH-2.0-OpenSSH\r\n", "[1, 2]\n", "{\"hello\": 1}\n"] {
+    assert!(one(&mut inbox, "\r\n\n{\"return\"").unwrap().is_none());
+    let m = one(&mut inbox, ": 1, \"id\": \"7\"}\n").unwrap();
+    assert!(matches!(m, Some(Message::Reply(Ok(_)))), "{m:?}");
+    for garbage in [
+        "SSH-2.0-OpenSSH\r\n",
+        "[1, 2]\n",
+        "[1]\n",
+        "{\"hello\": 1}\n",
+        "{\"event\": 1}\n",
+        "{\"return\": 1, \"id\": \"7\"} x\n",
+        "{\"error\": 3, \"id\": \"7\"}\n",
+    ] {
         let err = one(&mut inbox, garbage).unwrap_err();
         assert!(matches!(err, QmpError::NotQmp(_)), "{garbage:?}: {err}");
     }
+}
+
+/// What is skipped is skipped without building it: nesting far beyond
+/// serde's recursion limit is no error in a member nobody reads.
+#[test]
+fn unread_members_are_skipped_whatever_their_shape() {
+    let mut inbox = Inbox::new(Limits::default());
+    let deep = format!("{}0{}", "{\"a\":".repeat(5000), "}".repeat(5000));
+    let line = format!("{{\"event\": \"Y\", \"data\": {deep}}}\n");
+    assert!(one(&mut inbox, &line).unwrap().is_none());
+    assert_eq!(inbox.dropped_events(), 1);
+    let line = format!("{{\"return\": {deep}, \"id\": \"8\"}}\n");
+    assert!(one(&mut inbox, &line).unwrap().is_none());
+    assert_eq!(inbox.dropped_replies(), 1);
 }
 
 #[test]
@@ -60,7 +105,10 @@ fn a_long_line_is_an_error_at_the_limit_not_growth() {
     };
     let mut inbox = Inbox::new(limits);
     // Exactly the limit is fine.
-    let line = format!("{{\"return\": \"{}\"}}\n", "a".repeat(100 - 14));
+    let line = format!(
+        "{{\"return\": \"{}\", \"id\": \"7\"}}\n",
+        "a".repeat(100 - 25)
+    );
     assert_eq!(line.len(), 101);
     assert!(one(&mut inbox, &line).unwrap().is_some());
     // One more byte, without a newline in sight: refused, and no more
@@ -68,7 +116,7 @@ fn a_long_line_is_an_error_at_the_limit_not_growth() {
     let long = "x".repeat(10_000);
     let took = inbox.push(long.as_bytes());
     assert_eq!(took, 101);
-    let err = inbox.next("reading").unwrap_err();
+    let err = inbox.next("reading", None).unwrap_err();
     assert!(
         matches!(err, QmpError::LineTooLong { limit: 100, .. }),
         "{err}"
@@ -84,6 +132,7 @@ fn events_beyond_the_caps_are_an_error() {
         max_events: 3,
         ..Limits::default()
     });
+    inbox.keep_event("RTC_CHANGE");
     for _ in 0..3 {
         one(&mut inbox, ev).unwrap();
     }
@@ -96,14 +145,38 @@ fn events_beyond_the_caps_are_an_error() {
     one(&mut inbox, ev).unwrap();
 
     let mut inbox = Inbox::new(Limits {
-        max_event_bytes: 100,
+        max_event_bytes: 150,
         ..Limits::default()
     });
+    inbox.keep_event("RTC_CHANGE");
     one(&mut inbox, ev).unwrap();
     one(&mut inbox, ev).unwrap();
     let err = one(&mut inbox, ev).unwrap_err();
     assert!(matches!(err, QmpError::TooManyEvents { .. }), "{err}");
-    assert!(inbox.event_bytes() <= 100);
+    assert!(inbox.event_bytes() <= 150);
+
+    // Events nobody waits for are dropped, however many.
+    let mut inbox = Inbox::new(Limits {
+        max_events: 3,
+        ..Limits::default()
+    });
+    for _ in 0..100 {
+        assert!(one(&mut inbox, ev).unwrap().is_none());
+    }
+    assert_eq!((inbox.events().len(), inbox.dropped_events()), (0, 100));
+}
+
+#[test]
+fn deadlines_never_overflow() {
+    let d = Deadline::after(Duration::MAX);
+    assert!(d.at() > Instant::now() + Duration::from_secs(1000 * 24 * 3600));
+    assert_eq!(d.timeout(), Duration::MAX);
+    let now = Instant::now();
+    assert_eq!(
+        later(now, Duration::from_secs(1)),
+        now + Duration::from_secs(1)
+    );
+    assert!(later(now, Duration::from_secs(u64::MAX)) > now);
 }
 
 /// Pieces that make up a QMP-ish byte stream: valid messages of each kind,
@@ -114,7 +187,8 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         Just(b"\n".to_vec()),
         Just(b"\r\n".to_vec()),
         Just(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n".to_vec()),
-        (0u64..5).prop_map(|id| format!("{{\"return\": {{}}, \"id\": {id}}}\r\n").into_bytes()),
+        (0u64..5).prop_map(|id| format!("{{\"return\": {{}}, \"id\": \"{id}\"}}\r\n").into_bytes()),
+        Just(b"{\"event\": \"RTC_CHANGE\", \"data\": [0, 0, 0]}\n".to_vec()),
         Just(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}}\n".to_vec()),
         Just(b"{\"event\": \"DEVICE_DELETED\", \"data\": {\"device\": \"n\"}}\r\n".to_vec()),
         (0usize..600).prop_map(|n| vec![b'a'; n]),
@@ -143,11 +217,12 @@ proptest! {
     ) {
         let limits = Limits { max_line, max_events, max_event_bytes };
         let mut inbox = Inbox::new(limits);
+        inbox.keep_event("DEVICE_DELETED");
         let mut rest = &data[..];
         let mut cuts = cuts.iter().cycle();
         'feed: loop {
             loop {
-                match inbox.next("testing") {
+                match inbox.next("testing", Some("3")) {
                     Ok(Some(_)) | Err(QmpError::NotQmp(_)) => {}
                     Ok(None) => break,
                     Err(QmpError::TooManyEvents { .. }) => {

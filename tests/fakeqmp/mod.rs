@@ -10,11 +10,15 @@
 //! `device_del` meanwhile is "already in the process of unplug", and a
 //! command being executed when the client leaves still completes, its
 //! reply going to the next client (QEMU 7.2 sends it before the greeting;
-//! [`Config::stale_after_greeting`] sends it after).
+//! [`Config::stale_after_greeting`] sends it after). Only devices with a
+//! netdev are NICs in `info network`, each followed by its netdev
+//! (` \ ID: ...`).
 //!
 //! A script says, per connection and command, how to misbehave: refuse,
-//! hang up, go silent, answer late, trickle, flood events, send an endless
-//! line or garbage.
+//! hang up, go silent, answer late (after a time, or only once the client
+//! sends its next command or leaves: a condition, not a race), trickle,
+//! flood events, send an endless line or garbage. [`Config::between`] lets
+//! another client act between two connections.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -47,6 +51,20 @@ pub enum Act {
     /// Wait this long, then do it and answer (to a client that may have
     /// left: a command being executed completes).
     Late(Duration),
+    /// Do it and answer only once the client sends its next command (so
+    /// after the client gave up waiting), or leaves (then the reply goes
+    /// to the next client).
+    UntilNext,
+    /// Do it only once the client leaves; the reply goes to the next
+    /// client (commands sent meanwhile are dropped, as QEMU does).
+    UntilClose,
+    /// Do it, send the first half of the reply, and the rest once the
+    /// client sends its next command.
+    SplitUntilNext,
+    /// Do it, then close the connection without answering.
+    DoThenHangUp,
+    /// Do it, and answer with this JSON text as the `return`.
+    Return(&'static str),
     /// Do it, send the first half of the reply, wait this long, send the
     /// rest.
     Split(Duration),
@@ -91,6 +109,7 @@ pub struct Cmd<'a> {
 
 type ActFn = Box<dyn Fn(&Cmd) -> Act + Send>;
 type GreetFn = Box<dyn Fn(usize) -> Greet + Send>;
+type BetweenFn = Box<dyn Fn(usize, &mut State) + Send>;
 
 /// How the fake behaves.
 pub struct Config {
@@ -99,7 +118,10 @@ pub struct Config {
     unplug_delay: Duration,
     deleted_events: bool,
     event_before_reply: Option<String>,
+    noise: Option<(String, usize)>,
     stale_after_greeting: bool,
+    between: Option<BetweenFn>,
+    pcie: bool,
 }
 
 impl Default for Config {
@@ -110,7 +132,10 @@ impl Default for Config {
             unplug_delay: Duration::ZERO,
             deleted_events: true,
             event_before_reply: None,
+            noise: None,
             stale_after_greeting: false,
+            between: None,
+            pcie: false,
         }
     }
 }
@@ -141,6 +166,23 @@ impl Config {
         self.event_before_reply = Some(ev.to_string());
         self
     }
+    /// Send `count` copies of this event line before every normal reply.
+    pub fn noise(mut self, ev: &str, count: usize) -> Self {
+        self.noise = Some((ev.to_string(), count));
+        self
+    }
+    /// Run `f` on the state after connection `n` closed and before the
+    /// next is accepted: another client served in between.
+    pub fn between(mut self, f: impl Fn(usize, &mut State) + Send + 'static) -> Self {
+        self.between = Some(Box::new(f));
+        self
+    }
+    /// Refuse a second `device_del` during an unplug as a PCIe slot does
+    /// ("guest is busy (power indicator blinking)").
+    pub fn pcie(mut self) -> Self {
+        self.pcie = true;
+        self
+    }
     /// Send a reply left from the previous client after the greeting.
     pub fn stale_after_greeting(mut self) -> Self {
         self.stale_after_greeting = true;
@@ -169,6 +211,7 @@ pub struct Logged {
 #[derive(Debug)]
 pub struct Device {
     pub driver: String,
+    /// Its netdev; empty for a device that is not a NIC.
     pub netdev: String,
     /// When the guest will have released it (after `device_del`).
     pub unplug_at: Option<Instant>,
@@ -272,6 +315,30 @@ fn trickle(mut sock: &UnixStream, bytes: &[u8], gap: Duration, stop: &AtomicBool
     true
 }
 
+/// Reads until a whole line is pending (true) or the client left (false).
+fn wait_line(
+    sock: &UnixStream,
+    pending: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    stop: &AtomicBool,
+) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    while !pending.contains(&b'\n') {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        match recv(sock, &mut buf) {
+            None => {}
+            Some((0, _)) => return false,
+            Some((n, got)) => {
+                fds.extend(got);
+                pending.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    true
+}
+
 /// Sends events until the client leaves.
 fn flood(mut sock: &UnixStream, stop: &AtomicBool) {
     let ev = "{\"event\": \"RTC_CHANGE\", \"data\": {\"offset\": 1, \"qom-path\": \"/machine/unattached/device[0]\"}, \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n";
@@ -317,6 +384,10 @@ impl FakeQemu {
                 // events went to nobody.
                 tick(&cfg, &st, None);
                 serve(conn, &sock, &cfg, &st, &stp, &mut stale);
+                drop(sock);
+                if let Some(f) = &cfg.between {
+                    f(conn, &mut st.lock().unwrap());
+                }
             }
         });
         FakeQemu {
@@ -484,6 +555,9 @@ fn serve(
                     if let Some(ev) = &cfg.event_before_reply {
                         let _ = write!(out, "{ev}\r\n");
                     }
+                    if let Some((ev, count)) = &cfg.noise {
+                        let _ = out.write_all(format!("{ev}\r\n").repeat(*count).as_bytes());
+                    }
                     if out.write_all(r.as_bytes()).is_err() {
                         return;
                     }
@@ -506,6 +580,46 @@ fn serve(
                     if out.write_all(r.as_bytes()).is_err() {
                         // The client left: the next one gets it.
                         *stale = r.into_bytes();
+                        return;
+                    }
+                }
+                Act::UntilNext => {
+                    let mut mine = std::mem::take(&mut fds);
+                    let more = wait_line(sock, &mut pending, &mut fds, stop);
+                    let r = run(&mut mine);
+                    if !more || out.write_all(r.as_bytes()).is_err() {
+                        *stale = r.into_bytes();
+                        return;
+                    }
+                }
+                Act::UntilClose => {
+                    let mut mine = std::mem::take(&mut fds);
+                    wait_for_close(sock, stop);
+                    *stale = run(&mut mine).into_bytes();
+                    return;
+                }
+                Act::SplitUntilNext => {
+                    let r = run(&mut fds);
+                    let half = r.len() / 2;
+                    let _ = out.write_all(&r.as_bytes()[..half]);
+                    if !wait_line(sock, &mut pending, &mut fds, stop) {
+                        return;
+                    }
+                    let _ = out.write_all(&r.as_bytes()[half..]);
+                }
+                Act::DoThenHangUp => {
+                    run(&mut fds);
+                    return;
+                }
+                Act::Return(raw) => {
+                    let r = run(&mut fds);
+                    let mut line = format!("{{\"return\": {raw}");
+                    if let Some(id) = &id {
+                        line.push_str(&format!(", \"id\": {id}"));
+                    }
+                    line.push_str("}\r\n");
+                    drop(r);
+                    if out.write_all(line.as_bytes()).is_err() {
                         return;
                     }
                 }
@@ -626,9 +740,11 @@ fn execute(
             let id = name("id");
             let d = m.devices.get_mut(&id).ok_or_else(|| not_found(&id))?;
             if d.unplug_at.is_some() {
-                return Err(generic(format!(
-                    "Device {id} is already in the process of unplug"
-                )));
+                return Err(generic(if cfg.pcie {
+                    "Hot-unplug failed: guest is busy (power indicator blinking)".to_string()
+                } else {
+                    format!("Device {id} is already in the process of unplug")
+                }));
             }
             d.unplug_at = Some(Instant::now() + cfg.unplug_delay);
             Ok(json!({}))
@@ -643,7 +759,7 @@ fn execute(
         "human-monitor-command" if args["command-line"] == "info network" => {
             let mut out = String::new();
             let mut shown = Vec::new();
-            for (id, d) in &m.devices {
+            for (id, d) in m.devices.iter().filter(|(_, d)| !d.netdev.is_empty()) {
                 out.push_str(&format!(
                     "{id}: index=0,type=nic,model={},macaddr=52:54:00:12:34:56\r\n",
                     d.driver
