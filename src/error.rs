@@ -183,9 +183,9 @@ pub enum Error {
         /// Queues attached (including detached-but-open ones).
         queues: u32,
     },
-    /// The tap was removed (or replaced) while vmtap was attaching to it;
-    /// whatever vmtap had bound was closed.
-    #[error("tap \"{0}\" was removed or replaced while attaching to it (nothing was kept)")]
+    /// The tap was removed (or replaced) while vmtap was attaching to it
+    /// or about to delete it; whatever vmtap had bound was closed.
+    #[error("tap \"{0}\" was removed or replaced meanwhile (vmtap kept nothing of it)")]
     Vanished(String),
     /// A netlink request of the core (looking up or deleting a link) failed.
     #[error("{step} \"{ifname}\" over netlink: {source}")]

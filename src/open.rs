@@ -12,7 +12,7 @@ use crate::error::{Action, BindMode, Error, NameProblem, Result, explain_open};
 use crate::link::{LinkState, MacAddr, TunLinkInfo};
 use crate::sys::{IFNAME_MAX, TunFlags};
 use crate::syscalls::{Kernel, Syscalls};
-use crate::tap::{Tap, TapQueue, TapStatus, bind, lookup_link, open_tun, tap_flags};
+use crate::tap::{Tap, TapQueue, TapStatus, bind, lookup_link, open_tun, tap_flags, wait_unused};
 
 /// The TUN/TAP clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -403,12 +403,7 @@ fn attach(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap>
     if !status.persistent {
         return Err(Error::NotPersistent(name.to_string()));
     }
-    if status.users() > 0 {
-        return Err(Error::InUse {
-            ifname: name.to_string(),
-            queues: status.users(),
-        });
-    }
+    let (link, _) = wait_unused(&*sys, link, Action::Attach)?;
     let flags = existing_flags(&*sys, &link, &tun);
     log::debug!("{name} exists (index {}) with {flags:?}", link.index);
 

@@ -5,6 +5,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Action, BindMode, Error, Result, explain_bind, explain_ioctl, explain_open};
 use crate::link::LinkState;
@@ -439,6 +440,42 @@ pub(crate) fn lookup_link(sys: &dyn Syscalls, name: &str, action: Action) -> Res
         })
 }
 
+/// How long a tap that still shows users is watched for them to go before
+/// it counts as in use. In a multi-threaded program an fd closed by one
+/// thread lives on in a child another thread is forking until that child
+/// execs (a tap just made persistent still shows its creator's queue for
+/// that moment); a VM's queues stay.
+pub const RELEASE_GRACE: Duration = Duration::from_millis(50);
+
+/// `status` of `link` as it is once its users are gone, watched for up to
+/// [`RELEASE_GRACE`]; [`Error::InUse`] when they stay.
+pub(crate) fn wait_unused(
+    sys: &dyn Syscalls,
+    link: LinkState,
+    action: Action,
+) -> Result<(LinkState, TapStatus)> {
+    let deadline = Instant::now() + RELEASE_GRACE;
+    let mut link = link;
+    loop {
+        let status = TapStatus::from_link(&link)?;
+        if status.users() == 0 {
+            return Ok((link, status));
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::InUse {
+                ifname: link.name,
+                queues: status.users(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        let again = lookup_link(sys, &link.name, action)?;
+        if again.index != link.index {
+            return Err(Error::Vanished(link.name));
+        }
+        link = again;
+    }
+}
+
 /// The status of tap `name` over netlink, without opening or attaching
 /// anything.
 pub fn tap_status(name: &str) -> Result<TapStatus> {
@@ -530,12 +567,7 @@ pub fn delete_persistent_with(sys: &dyn Syscalls, name: &str) -> Result<()> {
     if !status.persistent {
         return Err(Error::NotPersistent(name.to_string()));
     }
-    if status.users() > 0 {
-        return Err(Error::InUse {
-            ifname: name.to_string(),
-            queues: status.users(),
-        });
-    }
+    let (link, _) = wait_unused(sys, link, Action::Delete)?;
     sys.delete_link(link.index)
         .map_err(|source| match source.raw_os_error() {
             Some(libc::ENODEV) => Error::NoSuchInterface {

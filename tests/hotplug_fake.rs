@@ -1302,6 +1302,7 @@ fn link_changes_on_an_attached_tap_are_undone_when_plugging_fails() {
             },
         )
         .unwrap();
+        common::wait_unused("hpx0");
         assert!(!is_up("hpx0"));
         let q = Config::default()
             .act(|c| {
@@ -1324,11 +1325,13 @@ fn link_changes_on_an_attached_tap_are_undone_when_plugging_fails() {
         assert!(!is_up("hpx0"), "the attached tap was left up");
         assert!(common::exists("hpx0"));
         assert!(q.finish().is_clean());
+        common::wait_unused("hpx0");
 
         let q = FakeQemu::normal();
         assert_eq!(hotplug::add(&monitor(&q, LONG), &o).unwrap(), "hpx0");
         assert!(is_up("hpx0"), "a successful add keeps its changes");
         drop(q.finish());
+        common::wait_unused("hpx0");
         vmtap::delete_persistent("hpx0").unwrap();
     });
 }

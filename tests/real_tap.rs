@@ -120,6 +120,7 @@ fn persistent_multi_queue_tap_with_owner_and_group() {
             group: Some(4343),
         };
         let info = create_persistent("pq0", &opts).unwrap();
+        wait_unused("pq0");
         assert!(info.persistent() && info.multi_queue() && info.vnet_hdr());
         assert_eq!(sysfs_read("pq0", "owner"), "4242");
         assert_eq!(sysfs_read("pq0", "group"), "4343");
@@ -136,6 +137,7 @@ fn persistent_multi_queue_tap_with_owner_and_group() {
         assert!(tap.flags().contains(TunFlags::VNET_HDR));
         drop(tap);
         assert!(exists("pq0"));
+        wait_unused("pq0");
 
         // While a user holds queues, a second one asking other flags would
         // get the device's flags silently: reported instead. (With no queue
@@ -172,13 +174,12 @@ fn persistent_multi_queue_tap_with_owner_and_group() {
         // A tap whose queues are still attached is refused; the holder's
         // fds go asynchronously (a sibling test's forked child may hold
         // copies until it execs).
-        wait_until("pq0 has no queue attached", 30, || {
-            vmtap::tap_status("pq0").unwrap().users() == 0
-        });
+        wait_unused("pq0");
         delete_persistent("pq0").unwrap();
         wait_gone("pq0");
 
         create_persistent("ps0", &PersistentOptions::default()).unwrap();
+        wait_unused("ps0");
         assert!(!ip_details("ps0").contains("multi_queue"));
         delete_persistent("ps0").unwrap();
         assert_eq!(interfaces(), vec!["lo"]);
@@ -325,6 +326,7 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
         let mut console = Console::new(monitor.0.stdout.take().unwrap(), None);
         wait_until("ip monitor listens", 30, || {
             create_persistent("mark0", &PersistentOptions::default()).unwrap();
+            wait_unused("mark0");
             let seen =
                 console.wait_within("mark0", |_| true, std::time::Duration::from_millis(300));
             delete_persistent("mark0").unwrap();
@@ -470,9 +472,7 @@ fn racing_attaches_never_share_a_tap() {
         for pair in held.windows(2) {
             assert!(pair[0].1 <= pair[1].0, "two attaches held sh0 at once");
         }
-        wait_until("sh0 has no queue attached", 30, || {
-            vmtap::tap_status("sh0").unwrap().users() == 0
-        });
+        wait_unused("sh0");
         delete_persistent("sh0").unwrap();
     });
 }

@@ -73,6 +73,16 @@ pub fn wait_gone(name: &str) {
     wait_until(&format!("{name} is gone"), 30, || !exists(name));
 }
 
+/// Waits (up to 30 s) until tap `name` has no queue attached: the fds of
+/// its creator (or of a holder just dropped) can live on in a child that a
+/// sibling test is forking, longer than the library's short grace under
+/// load.
+pub fn wait_unused(name: &str) {
+    wait_until(&format!("{name} has no queue attached"), 30, || {
+        vmtap::tap_status(name).is_ok_and(|s| s.users() == 0)
+    });
+}
+
 /// Whether a test that cannot run here must fail instead of skipping:
 /// `scripts/test` (and so CI) sets VMTAP_REQUIRE=1 (VMTAP_REQUIRE_QEMU=1
 /// is the older name).
