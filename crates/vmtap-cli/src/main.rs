@@ -1,0 +1,662 @@
+//! The `vmtap` command: open TAP backends and hand them to QEMU.
+//!
+//! Thin by design: it turns arguments into library calls, and errors into
+//! one line on stderr with exit code 2 (invalid arguments, nothing touched)
+//! or 1 (a failure from the system).
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use vmtap::{OpenOptions, PersistentOptions, TapInfo, VnetHdr};
+use vmtap_net::{self as link, LinkError, LinkOptions, MacAddr};
+use vmtap_qemu::{hotplug, qmp};
+
+const AFTER_HELP: &str = "\
+Examples:
+  vmtap features --json
+  vmtap open --queues 4 --up -- qemu-system-x86_64 ... -netdev {netdev} -device virtio-net-pci,{device}
+  vmtap open --bridge br0 --vhost -- qemu-system-x86_64 ... -netdev {netdev} -device virtio-net-pci,{device}
+  vmtap create vm1tap --multi-queue --vnet-hdr --owner qemu
+  vmtap inspect vm1tap --json
+  vmtap delete vm1tap";
+
+#[derive(Parser, Debug)]
+#[command(name = "vmtap", version, about = "Open TAP network backends for QEMU/KVM virtual machines", after_help = AFTER_HELP)]
+struct Cli {
+    /// Log each step on stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what the kernel's TUN driver supports.
+    #[command(after_help = "Examples:\n  vmtap features\n  vmtap features --json")]
+    Features {
+        /// Print JSON: flags, tap, vnet_hdr, multi_queue, vhost_net.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        paths: DevicePaths,
+    },
+    /// Open a tap, set up its host side, then exec PROGRAM with the fds.
+    #[command(after_help = OPEN_HELP)]
+    Open(OpenArgs),
+    /// Create a persistent tap that an unprivileged QEMU can open by name.
+    #[command(
+        after_help = "Examples:\n  vmtap create vm1tap --multi-queue --vnet-hdr --owner qemu --group kvm\n  qemu-system-x86_64 ... -netdev tap,id=n0,ifname=vm1tap,script=no,downscript=no,queues=4"
+    )]
+    Create {
+        /// Interface name (a `%d` template lets the kernel number it).
+        name: String,
+        /// Multi-queue device.
+        #[arg(long)]
+        multi_queue: bool,
+        /// Packets carry a virtio-net header.
+        #[arg(long)]
+        vnet_hdr: bool,
+        /// User (name or uid) allowed to open it.
+        #[arg(long, value_name = "USER|UID")]
+        owner: Option<String>,
+        /// Group (name or gid) allowed to open it.
+        #[arg(long, value_name = "GROUP|GID")]
+        group: Option<String>,
+        #[command(flatten)]
+        paths: DevicePaths,
+    },
+    /// Delete a persistent tap that nobody uses (refuses anything else).
+    #[command(after_help = "Example:\n  vmtap delete vm1tap")]
+    Delete {
+        /// Interface name.
+        name: String,
+    },
+    /// Hot-plug a NIC into a running QEMU over QMP, or remove it.
+    #[command(subcommand)]
+    Hotplug(HotplugCmd),
+    /// Show a tap's settings, by name or by an inherited fd.
+    #[command(
+        after_help = "Examples:\n  vmtap inspect vm1tap --json\n  vmtap inspect --fd 3 --json 3<>/dev/net/tun"
+    )]
+    Inspect {
+        /// Interface name.
+        #[arg(required_unless_present = "fd", conflicts_with = "fd")]
+        name: Option<String>,
+        /// An fd this process inherited.
+        #[arg(long, value_name = "N")]
+        fd: Option<i32>,
+        /// Print JSON: ifname, persistent, owner, group, multi_queue, vnet_hdr, queues.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HotplugCmd {
+    /// Open a tap and hot-add it as a NIC: getfd, netdev_add, device_add.
+    #[command(
+        after_help = "Example:\n  vmtap hotplug add --qmp /run/vm1.qmp --id nic1 --queues 2 --bridge br0 --json"
+    )]
+    Add(HotplugAddArgs),
+    /// Hot-remove a NIC: device_del, wait for DEVICE_DELETED, netdev_del.
+    #[command(after_help = "Example:\n  vmtap hotplug del --qmp /run/vm1.qmp --id nic1")]
+    Del {
+        /// QEMU's QMP unix socket.
+        #[arg(long, value_name = "PATH")]
+        qmp: PathBuf,
+        /// Device and netdev id.
+        #[arg(long)]
+        id: String,
+        /// Seconds for the whole operation: connect, device_del, waiting for
+        /// the guest to release the device, netdev_del. If it runs out, run
+        /// del again: it finishes the job.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+}
+
+#[derive(Args, Debug)]
+struct HotplugAddArgs {
+    /// QEMU's QMP unix socket.
+    #[arg(long, value_name = "PATH")]
+    qmp: PathBuf,
+    /// Device and netdev id.
+    #[arg(long)]
+    id: String,
+    #[command(flatten)]
+    tap: TapArgs,
+    /// Guest MAC address.
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<MacAddr>,
+    /// Device driver.
+    #[arg(long, default_value = "virtio-net-pci")]
+    driver: String,
+    /// Bring the host link up.
+    #[arg(long)]
+    up: bool,
+    /// Enslave the tap to this bridge (and bring it up).
+    #[arg(long, value_name = "BR")]
+    bridge: Option<String>,
+    /// Print JSON: ifname, id.
+    #[arg(long)]
+    json: bool,
+    /// Seconds for the whole operation: connect, QMP commands and waits.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Seconds for undoing a failed add, from when the rollback starts
+    /// [default: --timeout, at least 1].
+    #[arg(long, value_name = "SECONDS")]
+    rollback_timeout: Option<f64>,
+}
+
+const OPEN_HELP: &str = "\
+In PROGRAM's arguments these are replaced:
+  {ifname}    the interface name
+  {fds}       the tap fd numbers joined with ':'
+  {vhostfds}  the vhost-net fd numbers joined with ':'
+  {netdev}    a QEMU -netdev value: tap,id=ID,fd=N or tap,id=ID,fds=A:B:...
+              (plus ,vhost=on,vhostfd(s)=... with --vhost)
+  {device}    the virtio-net options: netdev=ID (plus ,mq=on,vectors=2N+2)
+
+Examples:
+  vmtap open --queues 2 --up -- qemu-system-x86_64 -m 256 -kernel vmlinuz \\
+      -netdev {netdev} -device virtio-net-pci,{device}
+  vmtap open --name vm1 --bridge br0 --vhost --queues 4 -- qemu-system-x86_64 ... \\
+      -netdev {netdev} -device virtio-net-pci,{device},mac=52:54:00:12:34:56
+  vmtap open --name vm1tap --attach-existing --queues 4 -- ...";
+
+#[derive(Args, Debug, Clone)]
+struct DevicePaths {
+    /// The TUN clone device.
+    #[arg(long, value_name = "PATH", default_value = vmtap::open::TUN_PATH, env = "VMTAP_TUN", hide = true)]
+    tun_device: PathBuf,
+    /// The vhost-net device.
+    #[arg(long, value_name = "PATH", default_value = vmtap::open::VHOST_NET_PATH, env = "VMTAP_VHOST_NET")]
+    vhost_device: PathBuf,
+}
+
+/// How to open the tap: shared by `open` and `hotplug add`.
+#[derive(Args, Debug)]
+struct TapArgs {
+    /// Interface name or `%d` template (default: the kernel picks tapN).
+    #[arg(long)]
+    name: Option<String>,
+    /// Number of queues (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    queues: u16,
+    /// Virtio-net header: auto (when supported), on, off.
+    #[arg(long, default_value = "auto", value_parser = parse_vnet_hdr)]
+    vnet_hdr: VnetHdr,
+    /// Open one /dev/vhost-net fd per queue too.
+    #[arg(long)]
+    vhost: bool,
+    #[command(flatten)]
+    paths: DevicePaths,
+}
+
+impl TapArgs {
+    fn options(&self) -> OpenOptions {
+        let opts = OpenOptions::new()
+            .queues(usize::from(self.queues))
+            .vnet_hdr(self.vnet_hdr)
+            .vhost(self.vhost)
+            .tun_path(&self.paths.tun_device)
+            .vhost_path(&self.paths.vhost_device);
+        match &self.name {
+            Some(name) => opts.name(name),
+            None => opts,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct OpenArgs {
+    #[command(flatten)]
+    tap: TapArgs,
+    /// Attach to an existing tap (e.g. persistent) instead of refusing it.
+    #[arg(long)]
+    attach_existing: bool,
+    /// QEMU netdev id used in {netdev} and {device}.
+    #[arg(long, default_value = "net0")]
+    id: String,
+    /// MTU of the tap, 68 to 65521 (default with --bridge: the bridge's).
+    #[arg(long, value_parser = parse_mtu)]
+    mtu: Option<u32>,
+    /// MAC of the tap (default with --bridge: its own with first byte 0xfe).
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<MacAddr>,
+    /// Enslave the tap to this bridge (and bring it up).
+    #[arg(long, value_name = "BR")]
+    bridge: Option<String>,
+    /// Bring the link up.
+    #[arg(long)]
+    up: bool,
+    /// The program to exec, and its arguments.
+    #[arg(last = true, value_name = "PROGRAM ARGS")]
+    program: Vec<String>,
+}
+
+fn parse_vnet_hdr(s: &str) -> Result<VnetHdr, String> {
+    s.parse().map_err(|e: vmtap::Error| e.to_string())
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, String> {
+    s.parse().map_err(|e: LinkError| e.to_string())
+}
+
+fn parse_mtu(s: &str) -> Result<u32, String> {
+    let mtu: u32 = s
+        .parse()
+        .map_err(|_| format!("invalid MTU \"{s}\": not a number"))?;
+    link::check_tap_mtu(mtu).map_err(|e| e.to_string())
+}
+
+/// A failure of the command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Core(#[from] vmtap::Error),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Hotplug(#[from] hotplug::HotplugError),
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Core(e) if e.is_invalid_input() => 2,
+            Self::Link(e) if e.is_invalid_input() => 2,
+            Self::Invalid(_) => 2,
+            Self::Hotplug(e) if e.is_invalid_input() => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The message and its causes on one line, without repeating a cause the
+/// message already contains, control characters escaped.
+fn one_line(err: &CliError) -> String {
+    let mut line = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    // Names, paths and QEMU's own words can hold newlines or other control
+    // characters: escape them so the message stays one line.
+    line.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed or full stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "vmtap: {}", one_line(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Writes `text` to stdout and flushes it: a closed pipe or a full disk is
+/// an error (exit 1), never a panic. (A stdout closed with `>&-` is not
+/// seen: Rust's runtime puts /dev/null on a closed fd 0-2 before `main`,
+/// which also keeps a tap fd from ever landing on fd 1.)
+fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| CliError::Io {
+            what: "writing to standard output".into(),
+            source,
+        })
+}
+
+fn init_logging(verbose: bool) {
+    let level = if verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "vmtap: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            )
+        })
+        .init();
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Features { json, paths } => features(json, &paths),
+        Command::Open(args) => open(args),
+        Command::Create {
+            name,
+            multi_queue,
+            vnet_hdr,
+            owner,
+            group,
+            paths,
+        } => {
+            let opts = PersistentOptions {
+                multi_queue,
+                vnet_hdr,
+                owner: owner
+                    .as_deref()
+                    .map(|o| resolve_id(o, "user", vmtap::sys::user_id))
+                    .transpose()?,
+                group: group
+                    .as_deref()
+                    .map(|g| resolve_id(g, "group", vmtap::sys::group_id))
+                    .transpose()?,
+            };
+            let sys = vmtap::Kernel;
+            let info = vmtap::tap::create_persistent_with(&sys, &paths.tun_device, &name, &opts)?;
+            log::debug!("created persistent tap {}", info.name);
+            emit(&format!("{}\n", info.name))
+        }
+        Command::Delete { name } => {
+            vmtap::delete_persistent(&name)?;
+            log::debug!("deleted {name}");
+            Ok(())
+        }
+        Command::Inspect { name, fd, json } => inspect(name, fd, json),
+        Command::Hotplug(HotplugCmd::Add(args)) => hotplug_add(args),
+        Command::Hotplug(HotplugCmd::Del { qmp, id, timeout }) => {
+            hotplug::validate_id(&id)?;
+            let monitor = hotplug::Monitor::new(qmp, seconds("--timeout", timeout)?);
+            hotplug::del(&monitor, &id)?;
+            Ok(())
+        }
+    }
+}
+
+/// A numeric id, or a name looked up with `lookup` ("user" or "group").
+fn resolve_id(
+    s: &str,
+    kind: &str,
+    lookup: fn(&str) -> std::io::Result<Option<u32>>,
+) -> Result<u32, CliError> {
+    if let Ok(id) = s.parse() {
+        return Ok(id);
+    }
+    lookup(s)
+        .map_err(|source| CliError::Io {
+            what: format!("looking up {kind} \"{s}\""),
+            source,
+        })?
+        .ok_or_else(|| CliError::Invalid(format!("no {kind} named \"{s}\"")))
+}
+
+fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
+    use vmtap::syscalls::Syscalls;
+    let tun = vmtap::Kernel
+        .open_device(&paths.tun_device)
+        .map_err(|source| CliError::Io {
+            what: format!("cannot open {}", paths.tun_device.display()),
+            source,
+        })?;
+    let flags = vmtap::tun_features(tun.as_fd());
+    let has = |f: vmtap::TunFlags| flags.is_some_and(|x| x.contains(f));
+    let vhost = vmtap::open::check_vhost_net_path(&paths.vhost_device);
+    if let Err(e) = &vhost {
+        log::debug!("{e}");
+    }
+    let out = json!({
+        "flags": flags.map(|f| f.bits()),
+        "tun": has(vmtap::TunFlags::TUN),
+        "tap": has(vmtap::TunFlags::TAP),
+        "no_pi": has(vmtap::TunFlags::NO_PI),
+        "vnet_hdr": has(vmtap::TunFlags::VNET_HDR),
+        "multi_queue": has(vmtap::TunFlags::MULTI_QUEUE),
+        "napi": has(vmtap::TunFlags::NAPI),
+        "vhost_net": vhost.is_ok(),
+    });
+    print_object(&out, as_json)
+}
+
+/// Prints a JSON object as JSON, or as `key: value` lines.
+fn print_object(out: &serde_json::Value, as_json: bool) -> Result<(), CliError> {
+    let mut text = String::new();
+    if as_json {
+        text = format!("{out}\n");
+    } else {
+        for (k, v) in out.as_object().into_iter().flatten() {
+            text.push_str(&format!("{k}: {v}\n"));
+        }
+    }
+    emit(&text)
+}
+
+fn open(args: OpenArgs) -> Result<(), CliError> {
+    let Some((program, program_args)) = args.program.split_first() else {
+        return Err(CliError::Invalid(
+            "vmtap open needs a PROGRAM after -- (the tap would vanish when vmtap exits; \
+             use `vmtap create` for a tap that stays)"
+                .into(),
+        ));
+    };
+    let opts = args.tap.options().attach_existing(args.attach_existing);
+    opts.validate()?;
+    hotplug::validate_id(&args.id)?;
+    let link_opts = LinkOptions {
+        mtu: args.mtu,
+        mac: args.mac,
+        bridge: args.bridge.clone(),
+        up: args.up,
+    };
+    // The bridge is checked before a tap exists.
+    link_opts.check()?;
+
+    let tap = opts.open()?;
+    log::debug!(
+        "opened {} with {} queue(s), flags {:?}",
+        tap.name(),
+        tap.queues().len(),
+        tap.flags()
+    );
+    // A failed step undoes the ones before it inside configure().
+    let changes = link::configure(tap.name(), &link_opts)?;
+    let err = hand_over(tap, &args.id, program, program_args);
+    // Only a failure gets here. A new tap vanishes with its fds; a tap
+    // that was attached to outlives vmtap, so its settings are put back.
+    if args.attach_existing {
+        if let Err(e) = changes.undo() {
+            log::warn!("{e}");
+        }
+    } else {
+        changes.keep();
+    }
+    Err(err)
+}
+
+/// Verifies the fds, expands the placeholders and execs the program with
+/// the tap and vhost fds inherited. Returns only on failure.
+fn hand_over(tap: vmtap::Tap, id: &str, program: &str, program_args: &[String]) -> CliError {
+    let info: TapInfo = match tap.verify() {
+        Ok(info) => info,
+        Err(e) => return e.into(),
+    };
+    log::debug!(
+        "verified {} fd(s) of {} with TUNGETIFF",
+        tap.queues().len(),
+        info.name
+    );
+    let (ifname, tap_fds, vhost_fds) = tap.into_parts();
+    let nums = |fds: &[OwnedFd]| fds.iter().map(|f| f.as_raw_fd()).collect::<Vec<i32>>();
+    let (tap_nums, vhost_nums) = (nums(&tap_fds), nums(&vhost_fds));
+    let netdev = vmtap_qemu::args::netdev_arg(id, &tap_nums, &vhost_nums);
+    let device = vmtap_qemu::args::device_opts(id, tap_nums.len());
+    let fds = vmtap_qemu::args::join_fds(&tap_nums);
+    let vhostfds = vmtap_qemu::args::join_fds(&vhost_nums);
+    let values = [
+        ("ifname", ifname.as_str()),
+        ("fds", fds.as_str()),
+        ("vhostfds", vhostfds.as_str()),
+        ("netdev", netdev.as_str()),
+        ("device", device.as_str()),
+    ];
+    let argv: Vec<String> = program_args
+        .iter()
+        .map(|a| vmtap_qemu::args::expand_placeholders(a, &values))
+        .collect();
+
+    for fd in tap_fds.iter().chain(&vhost_fds) {
+        if let Err(source) = vmtap::sys::set_cloexec(fd.as_fd(), false) {
+            return CliError::Io {
+                what: "clearing close-on-exec".into(),
+                source,
+            };
+        }
+    }
+    log::debug!("exec {program} {argv:?}");
+    let err = std::process::Command::new(program).args(&argv).exec();
+    CliError::Io {
+        what: format!("cannot run \"{program}\""),
+        source: err,
+    }
+}
+
+/// The longest `--timeout` or `--rollback-timeout` accepted: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+fn seconds(option: &str, s: f64) -> Result<std::time::Duration, CliError> {
+    if s > MAX_SECONDS {
+        return Err(CliError::Invalid(format!(
+            "invalid {option} {s}: must be at most {MAX_SECONDS} seconds (a day)"
+        )));
+    }
+    std::time::Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| CliError::Invalid(format!("invalid {option} {s}: must be positive")))
+}
+
+fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
+    let opts = hotplug::HotplugOptions {
+        id: args.id.clone(),
+        open: args.tap.options(),
+        link: LinkOptions {
+            mtu: None,
+            mac: None,
+            bridge: args.bridge.clone(),
+            up: args.up,
+        },
+        driver: args.driver.clone(),
+        mac: args.mac,
+    };
+    // Invalid input is refused before anything is opened or connected.
+    hotplug::validate_id(&opts.id)?;
+    opts.open.validate()?;
+    let mut monitor = hotplug::Monitor::new(&args.qmp, seconds("--timeout", args.timeout)?);
+    if let Some(r) = args.rollback_timeout {
+        monitor.rollback_timeout = seconds("--rollback-timeout", r)?;
+    }
+    let ifname = hotplug::add(&monitor, &opts)?;
+    let text = if args.json {
+        format!("{}\n", json!({ "ifname": ifname, "id": args.id }))
+    } else {
+        format!("{ifname}\n")
+    };
+    // The NIC is in the guest now: a failure to say so must not read as
+    // a failed add (a retry would find the id in use).
+    emit(&text).map_err(|e| match e {
+        CliError::Io { source, .. } => CliError::Io {
+            what: format!(
+                "the NIC {} is plugged with host tap {ifname}, but printing that to standard output failed",
+                args.id
+            ),
+            source,
+        },
+        other => other,
+    })
+}
+
+fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), CliError> {
+    let (status, this_netns, info) = match (name, fd) {
+        (_, Some(n)) => {
+            let dup = vmtap::sys::dup_inherited_fd(n).map_err(|source| CliError::Io {
+                what: format!("fd {n} is not open"),
+                source,
+            })?;
+            let st = vmtap::tap::inspect_fd_status(dup.as_fd()).map_err(|e| match e {
+                vmtap::Error::NotATapFd { cause, source, .. } => vmtap::Error::NotATapFd {
+                    fd: n,
+                    cause,
+                    source,
+                },
+                vmtap::Error::FdIsTun { ifname, .. } => vmtap::Error::FdIsTun { fd: n, ifname },
+                other => other,
+            })?;
+            (st.status, st.in_this_netns, Some(st.info))
+        }
+        (Some(name), None) => (Some(vmtap::tap::tap_status(&name)?), Some(true), None),
+        (None, None) => return Err(CliError::Invalid("inspect needs NAME or --fd N".into())),
+    };
+    // From the fd when its device is elsewhere: what TUNGETIFF tells.
+    let out = match (&status, &info) {
+        (Some(t), _) => json!({
+            "ifname": t.name,
+            "this_netns": this_netns,
+            "persistent": t.persistent,
+            "owner": t.owner,
+            "group": t.group,
+            "multi_queue": t.multi_queue,
+            "vnet_hdr": t.vnet_hdr,
+            "queues": t.queues,
+            "disabled_queues": t.disabled_queues,
+        }),
+        (None, Some(i)) => json!({
+            "ifname": i.name,
+            "this_netns": this_netns,
+            "persistent": i.persistent(),
+            "owner": null,
+            "group": null,
+            "multi_queue": i.multi_queue(),
+            "vnet_hdr": i.vnet_hdr(),
+            "queues": if i.multi_queue() { json!(null) } else { json!(1) },
+            "disabled_queues": null,
+        }),
+        (None, None) => unreachable!("a name gives a status"),
+    };
+    print_object(&out, as_json)
+}

@@ -1,0 +1,52 @@
+//! vmtap: TAP network backends for KVM/QEMU virtual machines.
+//!
+//! A Rust re-implementation of Ganeti's `hv_kvm.netdev`, without its defects,
+//! and the pieces around it a VM manager needs.
+//!
+//! Layers, bottom to top:
+//! - [`sys`]: the kernel interface (the `vmtap-sys` crate, the only one
+//!   with `unsafe`): ioctls, `ifreq`, flags, the netlink queries.
+//! - [`syscalls`]: the seam, a trait with the real kernel and (feature
+//!   `fake`) a scriptable fake.
+//! - [`tap`]: the model (queues, inspection, persistent taps, offloads).
+//! - [`open`]: the policy (probe, decide flags, open N queues, roll back).
+//!
+//! Beside the core, in their own crates: `vmtap-net` (host-side link
+//! set-up), `vmtap-qemu` (QEMU arguments, QMP, hot-plug) and the `vmtap`
+//! command (`vmtap-cli`).
+//!
+//! ```no_run
+//! use vmtap::{OpenOptions, VnetHdr};
+//! let tap = OpenOptions::new().queues(2).vnet_hdr(VnetHdr::Auto).open()?;
+//! let (ifname, tap_fds, vhost_fds) = tap.into_parts();
+//! assert_eq!(tap_fds.len(), 2);
+//! assert!(vhost_fds.is_empty());
+//! # let _ = ifname;
+//! # Ok::<(), vmtap::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod open;
+pub mod syscalls;
+pub mod tap;
+
+/// The kernel interface (the `vmtap-sys` crate): ioctls, flags, netlink
+/// queries.
+pub use vmtap_sys as sys;
+
+pub use error::{Action, Error, NameProblem, Result};
+pub use open::{
+    Features, MAX_QUEUES, OpenOptions, VnetHdr, open_tap, open_tap_with, probe_multi_queue,
+    probe_multi_queue_with, probe_vnet_hdr, probe_vnet_hdr_with, tun_features, tun_features_with,
+    validate_name,
+};
+pub use sys::{Offloads, TunFlags};
+pub use syscalls::{Kernel, Syscalls};
+pub use tap::{
+    FdStatus, PersistentOptions, Tap, TapInfo, TapQueue, TapStatus, check_queues,
+    create_persistent, delete_persistent, inspect_fd, inspect_fd_status, tap_status,
+};
