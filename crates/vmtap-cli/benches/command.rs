@@ -135,7 +135,9 @@ fn main() {
         vnet_hdr: true,
         ..Default::default()
     };
-    vmtap::create_persistent("bq0", &opts).unwrap();
+    vmtap::Tun::system()
+        .create_persistent("bq0", &opts)
+        .unwrap();
     let q = QUEUES.to_string();
     let mut vmtap = Command::new(env!("CARGO_BIN_EXE_vmtap"));
     vmtap
@@ -183,6 +185,6 @@ fn main() {
             us(v) / us(b)
         );
     }
-    vmtap::delete_persistent("bq0").unwrap();
+    vmtap::Tun::system().delete_persistent("bq0").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

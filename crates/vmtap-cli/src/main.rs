@@ -7,14 +7,14 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use vmtap::{OpenOptions, PersistentOptions, TapInfo, VnetHdr};
+use vmtap::{OpenOptions, PersistentOptions, Tun, VnetHdr};
 use vmtap_net::{self as link, LinkError, LinkOptions, MacAddr};
 use vmtap_qemu::{hotplug, qmp};
 
@@ -176,11 +176,24 @@ Examples:
 #[derive(Args, Debug, Clone)]
 struct DevicePaths {
     /// The TUN clone device.
-    #[arg(long, value_name = "PATH", default_value = vmtap::open::TUN_PATH, env = "VMTAP_TUN", hide = true)]
+    #[arg(long, value_name = "PATH", default_value = vmtap::TUN_PATH, env = "VMTAP_TUN", hide = true)]
     tun_device: PathBuf,
     /// The vhost-net device.
-    #[arg(long, value_name = "PATH", default_value = vmtap::open::VHOST_NET_PATH, env = "VMTAP_VHOST_NET")]
+    #[arg(long, value_name = "PATH", default_value = vmtap::VHOST_NET_PATH, env = "VMTAP_VHOST_NET")]
     vhost_device: PathBuf,
+}
+
+impl DevicePaths {
+    /// The real kernel with these device nodes.
+    fn tun(&self) -> Tun {
+        Tun::with(
+            Arc::new(vmtap::Kernel),
+            vmtap::DevicePaths {
+                tun: self.tun_device.clone(),
+                vhost_net: self.vhost_device.clone(),
+            },
+        )
+    }
 }
 
 /// How to open the tap: shared by `open` and `hotplug add`.
@@ -207,9 +220,7 @@ impl TapArgs {
         let opts = OpenOptions::new()
             .queues(usize::from(self.queues))
             .vnet_hdr(self.vnet_hdr)
-            .vhost(self.vhost)
-            .tun_path(&self.paths.tun_device)
-            .vhost_path(&self.paths.vhost_device);
+            .vhost(self.vhost);
         match &self.name {
             Some(name) => opts.name(name),
             None => opts,
@@ -270,6 +281,8 @@ enum CliError {
     Hotplug(#[from] hotplug::HotplugError),
     #[error(transparent)]
     Qmp(#[from] qmp::QmpError),
+    #[error(transparent)]
+    Launch(#[from] vmtap_qemu::launch::LaunchError),
     #[error("{0}")]
     Invalid(String),
     #[error("{what}: {source}")]
@@ -389,13 +402,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     .map(|g| resolve_id(g, "group", vmtap::sys::group_id))
                     .transpose()?,
             };
-            let sys = vmtap::Kernel;
-            let info = vmtap::tap::create_persistent_with(&sys, &paths.tun_device, &name, &opts)?;
+            let info = paths.tun().create_persistent(&name, &opts)?;
             log::debug!("created persistent tap {}", info.name);
             emit(&format!("{}\n", info.name))
         }
         Command::Delete { name } => {
-            vmtap::delete_persistent(&name)?;
+            Tun::system().delete_persistent(&name)?;
             log::debug!("deleted {name}");
             Ok(())
         }
@@ -428,28 +440,17 @@ fn resolve_id(
 }
 
 fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
-    use vmtap::syscalls::Syscalls;
-    let tun = vmtap::Kernel
-        .open_device(&paths.tun_device)
-        .map_err(|source| CliError::Io {
-            what: format!("cannot open {}", paths.tun_device.display()),
-            source,
-        })?;
-    let flags = vmtap::tun_features(tun.as_fd());
-    let has = |f: vmtap::TunFlags| flags.is_some_and(|x| x.contains(f));
-    let vhost = vmtap::open::check_vhost_net_path(&paths.vhost_device);
-    if let Err(e) = &vhost {
-        log::debug!("{e}");
-    }
+    let report = paths.tun().features()?;
+    let has = |f: vmtap::TunFlags| report.has(f);
     let out = json!({
-        "flags": flags.map(|f| f.bits()),
+        "flags": report.flags.map(|f| f.bits()),
         "tun": has(vmtap::TunFlags::TUN),
         "tap": has(vmtap::TunFlags::TAP),
         "no_pi": has(vmtap::TunFlags::NO_PI),
         "vnet_hdr": has(vmtap::TunFlags::VNET_HDR),
         "multi_queue": has(vmtap::TunFlags::MULTI_QUEUE),
         "napi": has(vmtap::TunFlags::NAPI),
-        "vhost_net": vhost.is_ok(),
+        "vhost_net": report.vhost_net,
     });
     print_object(&out, as_json)
 }
@@ -487,7 +488,7 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
     // The bridge is checked before a tap exists.
     link_opts.check()?;
 
-    let tap = opts.open()?;
+    let tap = args.tap.paths.tun().open(&opts)?;
     log::debug!(
         "opened {} with {} queue(s), flags {:?}",
         tap.name(),
@@ -496,7 +497,7 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
     );
     // A failed step undoes the ones before it inside configure().
     let changes = link::configure(tap.name(), &link_opts)?;
-    let err = hand_over(tap, &args.id, program, program_args);
+    let err = vmtap_qemu::launch::exec_with_tap(tap, &args.id, program, program_args);
     // Only a failure gets here. A new tap vanishes with its fds; a tap
     // that was attached to outlives vmtap, so its settings are put back.
     if args.attach_existing {
@@ -506,54 +507,7 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
     } else {
         changes.keep();
     }
-    Err(err)
-}
-
-/// Verifies the fds, expands the placeholders and execs the program with
-/// the tap and vhost fds inherited. Returns only on failure.
-fn hand_over(tap: vmtap::Tap, id: &str, program: &str, program_args: &[String]) -> CliError {
-    let info: TapInfo = match tap.verify() {
-        Ok(info) => info,
-        Err(e) => return e.into(),
-    };
-    log::debug!(
-        "verified {} fd(s) of {} with TUNGETIFF",
-        tap.queues().len(),
-        info.name
-    );
-    let (ifname, tap_fds, vhost_fds) = tap.into_parts();
-    let nums = |fds: &[OwnedFd]| fds.iter().map(|f| f.as_raw_fd()).collect::<Vec<i32>>();
-    let (tap_nums, vhost_nums) = (nums(&tap_fds), nums(&vhost_fds));
-    let netdev = vmtap_qemu::args::netdev_arg(id, &tap_nums, &vhost_nums);
-    let device = vmtap_qemu::args::device_opts(id, tap_nums.len());
-    let fds = vmtap_qemu::args::join_fds(&tap_nums);
-    let vhostfds = vmtap_qemu::args::join_fds(&vhost_nums);
-    let values = [
-        ("ifname", ifname.as_str()),
-        ("fds", fds.as_str()),
-        ("vhostfds", vhostfds.as_str()),
-        ("netdev", netdev.as_str()),
-        ("device", device.as_str()),
-    ];
-    let argv: Vec<String> = program_args
-        .iter()
-        .map(|a| vmtap_qemu::args::expand_placeholders(a, &values))
-        .collect();
-
-    for fd in tap_fds.iter().chain(&vhost_fds) {
-        if let Err(source) = vmtap::sys::set_cloexec(fd.as_fd(), false) {
-            return CliError::Io {
-                what: "clearing close-on-exec".into(),
-                source,
-            };
-        }
-    }
-    log::debug!("exec {program} {argv:?}");
-    let err = std::process::Command::new(program).args(&argv).exec();
-    CliError::Io {
-        what: format!("cannot run \"{program}\""),
-        source: err,
-    }
+    Err(err.into())
 }
 
 /// The longest `--timeout` or `--rollback-timeout` accepted: a day.
@@ -591,7 +545,7 @@ fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
     if let Some(r) = args.rollback_timeout {
         monitor.rollback_timeout = seconds("--rollback-timeout", r)?;
     }
-    let ifname = hotplug::add(&monitor, &opts)?;
+    let ifname = hotplug::add(&args.tap.paths.tun(), &monitor, &opts)?;
     let text = if args.json {
         format!("{}\n", json!({ "ifname": ifname, "id": args.id }))
     } else {
@@ -618,18 +572,20 @@ fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), C
                 what: format!("fd {n} is not open"),
                 source,
             })?;
-            let st = vmtap::tap::inspect_fd_status(dup.as_fd()).map_err(|e| match e {
-                vmtap::Error::NotATapFd { cause, source, .. } => vmtap::Error::NotATapFd {
-                    fd: n,
-                    cause,
-                    source,
-                },
-                vmtap::Error::FdIsTun { ifname, .. } => vmtap::Error::FdIsTun { fd: n, ifname },
-                other => other,
-            })?;
+            let st = Tun::system()
+                .inspect_fd_status(dup.as_fd())
+                .map_err(|e| match e {
+                    vmtap::Error::NotATapFd { cause, source, .. } => vmtap::Error::NotATapFd {
+                        fd: n,
+                        cause,
+                        source,
+                    },
+                    vmtap::Error::FdIsTun { ifname, .. } => vmtap::Error::FdIsTun { fd: n, ifname },
+                    other => other,
+                })?;
             (st.status, st.in_this_netns, Some(st.info))
         }
-        (Some(name), None) => (Some(vmtap::tap::tap_status(&name)?), Some(true), None),
+        (Some(name), None) => (Some(Tun::system().status(&name)?), Some(true), None),
         (None, None) => return Err(CliError::Invalid("inspect needs NAME or --fd N".into())),
     };
     // From the fd when its device is elsewhere: what TUNGETIFF tells.

@@ -36,7 +36,6 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -44,9 +43,9 @@ use serde::de::IgnoredAny;
 use serde_json::json;
 
 use crate::qmp::{Deadline, Event, Limits, Qmp, QmpError, later};
-use vmtap::open::{OpenOptions, open_tap_with};
-use vmtap::syscalls::{Kernel, Syscalls};
+use vmtap::open::OpenOptions;
 use vmtap::tap::Tap;
+use vmtap::tun::Tun;
 use vmtap_net::{self as link, LinkError, LinkOptions, MacAddr};
 
 /// The shortest rollback deadline [`Monitor::new`] sets: undoing needs a
@@ -473,17 +472,9 @@ pub fn presence(qmp: &mut Qmp, id: &str) -> Result<Presence, QmpError> {
 /// made on an existing tap ([`OpenOptions::attach_existing`]) are put
 /// back, and nothing is left in QEMU unless [`HotplugError::remaining`]
 /// says so (then QEMU's copies of the fds keep the tap, which the error
-/// names).
-pub fn add(mon: &Monitor, opts: &HotplugOptions) -> Result<String, HotplugError> {
-    add_with(Arc::new(Kernel), mon, opts)
-}
-
-/// [`add`] over any [`Syscalls`].
-pub fn add_with(
-    sys: Arc<dyn Syscalls>,
-    mon: &Monitor,
-    opts: &HotplugOptions,
-) -> Result<String, HotplugError> {
+/// names). The tap is opened in `tun` (`Tun::system()` for the real
+/// kernel).
+pub fn add(tun: &Tun, mon: &Monitor, opts: &HotplugOptions) -> Result<String, HotplugError> {
     validate_id(&opts.id)?;
     opts.open.validate()?;
     // The bridge (and MTU) are checked before a tap exists.
@@ -493,7 +484,7 @@ pub fn add_with(
         .connect()
         .map_err(|e| HotplugError::step(Op::Add, id, "connect", e))?;
     ensure_free(&mut qmp, id)?;
-    let tap = open_tap_with(sys, &opts.open)?;
+    let tap = tun.open(&opts.open)?;
     // A failed step undoes the ones before it inside configure().
     let changes = link::configure(tap.name(), &opts.link)?;
     match plug_on(mon, qmp, id, &tap, &opts.driver, opts.mac) {

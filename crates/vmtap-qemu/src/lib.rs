@@ -1,10 +1,12 @@
 //! vmtap's QEMU side: the `-netdev`/`-device` arguments for opened taps
 //! and the placeholders of `vmtap open` ([`args`]), a QMP client that
 //! passes fds, with one deadline per operation and bounded reads ([`qmp`]),
-//! and NIC hot-plug with rollback ([`hotplug`]).
+//! NIC hot-plug with rollback ([`hotplug`]), and the exec hand-off of
+//! `vmtap open` ([`launch`]).
 
 #![forbid(unsafe_code)]
 
 pub mod args;
 pub mod hotplug;
+pub mod launch;
 pub mod qmp;

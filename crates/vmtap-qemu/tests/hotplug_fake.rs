@@ -18,11 +18,14 @@ use fakeqmp::{Act, Config, FakeQemu, Greet};
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use vmtap::fake::FakeKernel;
-use vmtap::{OpenOptions, open_tap_with};
+
+/// The context of a fake kernel.
+fn kt(k: &std::sync::Arc<FakeKernel>) -> vmtap::Tun {
+    vmtap::Tun::with(k.clone(), vmtap::DevicePaths::default())
+}
+use vmtap::{OpenOptions, Tun};
 use vmtap_net::LinkOptions;
-use vmtap_qemu::hotplug::{
-    self, HotplugError, HotplugOptions, Leftover, Monitor, add_with, del, plug,
-};
+use vmtap_qemu::hotplug::{self, HotplugError, HotplugOptions, Leftover, Monitor, add, del, plug};
 use vmtap_qemu::qmp::{Deadline, Limits, Qmp, QmpError};
 
 /// Slack on top of a computed bound, for a loaded machine.
@@ -369,7 +372,7 @@ fn add_sends_ganeti_sequence_and_del_waits_for_the_device() {
     let k = Arc::new(FakeKernel::new());
     let q = FakeQemu::normal();
     let mon = monitor(&q, LONG);
-    let ifname = add_with(k.clone(), &mon, &opts(2, true)).unwrap();
+    let ifname = add(&kt(&k), &mon, &opts(2, true)).unwrap();
     assert_eq!(ifname, "tap0");
     // Only QEMU's copies (2 tap + 2 vhost) are open; the tap lives on them.
     assert_eq!(k.open_fds(), 4);
@@ -412,7 +415,9 @@ fn add_sends_ganeti_sequence_and_del_waits_for_the_device() {
 fn netdev_and_device_arguments_are_what_qemu_accepts() {
     let q = FakeQemu::normal();
     let k = Arc::new(FakeKernel::new());
-    let tap = open_tap_with(k.clone(), &OpenOptions::new().queues(4).vhost(true)).unwrap();
+    let tap = kt(&k)
+        .open(&OpenOptions::new().queues(4).vhost(true))
+        .unwrap();
     plug(&monitor(&q, LONG), "n9", &tap, "virtio-net-pci", None).unwrap();
     let m = q.finish();
     assert_eq!(
@@ -536,7 +541,7 @@ fn failure_case(queues: usize, vhost: bool, fail_at: usize, act: Act) {
     } else {
         LONG
     };
-    let result = add_with(k.clone(), &mon, &opts(queues, vhost));
+    let result = add(&kt(&k), &mon, &opts(queues, vhost));
     let last_step = fail_at + 1 == 3 + queues * (1 + usize::from(vhost)) + 2;
     let connections = q.connections();
     let m = q.finish();
@@ -627,7 +632,7 @@ fn a_late_answer_is_undone_on_the_same_connection() {
     let mut mon = monitor(&q, Duration::from_millis(500));
     mon.rollback_timeout = LONG;
     let t = Instant::now();
-    let err = add_with(k.clone(), &mon, &opts(2, false)).unwrap_err();
+    let err = add(&kt(&k), &mon, &opts(2, false)).unwrap_err();
     assert_within(t, Duration::from_millis(500) + SLACK, "add");
     let (step, source, remaining, rollback) = step_parts(&err);
     assert_eq!(step, "getfd nic1-1");
@@ -666,7 +671,7 @@ fn a_late_device_add_that_happened_is_a_success() {
         .start();
     let mut mon = monitor(&q, Duration::from_millis(500));
     mon.rollback_timeout = LONG;
-    let ifname = add_with(k.clone(), &mon, &opts(1, true)).unwrap();
+    let ifname = add(&kt(&k), &mon, &opts(1, true)).unwrap();
     assert_eq!(ifname, "tap0");
     assert_eq!(q.connections(), 1);
     let m = q.finish();
@@ -715,7 +720,7 @@ fn another_clients_nic_is_never_touched() {
             .start();
         let mut mon = monitor(&q, Duration::from_millis(500));
         mon.rollback_timeout = Duration::from_millis(500);
-        let err = add_with(k.clone(), &mon, &opts(1, false)).unwrap_err();
+        let err = add(&kt(&k), &mon, &opts(1, false)).unwrap_err();
         let msg = err.to_string();
         let (step, _, remaining, _) = step_parts(&err);
         assert_eq!(step, "netdev_add", "{msg}");
@@ -772,7 +777,7 @@ fn a_trickling_peer_cannot_stretch_the_deadline() {
         })
         .start();
     let t = Instant::now();
-    let err = add_with(k.clone(), &monitor(&q, timeout), &opts(1, false)).unwrap_err();
+    let err = add(&kt(&k), &monitor(&q, timeout), &opts(1, false)).unwrap_err();
     assert_within(t, 2 * timeout + SLACK, "add against a trickling peer");
     let (step, source, remaining, rollback) = step_parts(&err);
     assert_eq!(step, "getfd nic1-0");
@@ -801,7 +806,7 @@ fn a_trickling_peer_cannot_stretch_the_deadline() {
         .greet(move |_| Greet::Trickle(gap))
         .start();
     let t = Instant::now();
-    let err = add_with(k.clone(), &monitor(&q, timeout), &opts(1, false)).unwrap_err();
+    let err = add(&kt(&k), &monitor(&q, timeout), &opts(1, false)).unwrap_err();
     assert_within(t, timeout + SLACK, "connect to a trickling peer");
     assert_eq!(step_parts(&err).0, "connect");
     assert_eq!(k.open_fds(), 0);
@@ -827,7 +832,7 @@ fn a_silent_peer_costs_two_timeouts_whatever_the_queue_count() {
         let mon = monitor(&q, timeout);
         assert_eq!(mon.rollback_timeout, timeout);
         let t = Instant::now();
-        let err = add_with(k.clone(), &mon, &opts(queues, true)).unwrap_err();
+        let err = add(&kt(&k), &mon, &opts(queues, true)).unwrap_err();
         assert_within(t, 2 * timeout + SLACK, &format!("{queues} queues"));
         let (_, source, remaining, rollback) = step_parts(&err);
         assert!(matches!(source, QmpError::Timeout { .. }), "{err}");
@@ -872,7 +877,7 @@ fn an_id_in_use_touches_nothing() {
                 );
             }
         }
-        let err = add_with(k.clone(), &monitor(&q, LONG), &opts(2, true)).unwrap_err();
+        let err = add(&kt(&k), &monitor(&q, LONG), &opts(2, true)).unwrap_err();
         match &err {
             HotplugError::IdInUse {
                 id,
@@ -906,12 +911,12 @@ fn invalid_ids_and_missing_vhost_touch_nothing() {
     for bad in ["", "1abc", "a,b", "a b"] {
         let mut o = opts(1, false);
         o.id = bad.into();
-        let err = add_with(k.clone(), &mon, &o).unwrap_err();
+        let err = add(&kt(&k), &mon, &o).unwrap_err();
         assert!(err.is_invalid_input(), "{err}");
     }
     assert_eq!(q.connections(), 0, "invalid input: not even connected");
-    k.remove_path(vmtap::open::VHOST_NET_PATH);
-    let err = add_with(k.clone(), &mon, &opts(2, true)).unwrap_err();
+    k.remove_path(vmtap::VHOST_NET_PATH);
+    let err = add(&kt(&k), &mon, &opts(2, true)).unwrap_err();
     assert!(
         err.to_string().contains("vhost-net is not available"),
         "{err}"
@@ -931,7 +936,7 @@ fn huge_timeouts_do_not_overflow() {
     let q = FakeQemu::normal();
     let mut mon = monitor(&q, Duration::MAX);
     mon.rollback_timeout = Duration::MAX;
-    add_with(k.clone(), &mon, &opts(1, false)).unwrap();
+    add(&kt(&k), &mon, &opts(1, false)).unwrap();
     del(&mon, "nic1").unwrap();
     assert!(q.finish().is_clean());
 }
@@ -947,7 +952,7 @@ fn unrelated_events_are_dropped_not_counted_against_the_caps() {
         .unplug_delay(Duration::from_millis(300))
         .start();
     let mon = monitor(&q, LONG);
-    add_with(k.clone(), &mon, &opts(1, false)).unwrap();
+    add(&kt(&k), &mon, &opts(1, false)).unwrap();
     del(&mon, "nic1").unwrap();
     let m = q.finish();
     assert!(m.is_clean(), "{m:?}");
@@ -959,7 +964,7 @@ fn unrelated_events_are_dropped_not_counted_against_the_caps() {
     let ev = r#"{"event": "DEVICE_DELETED", "data": {"device": "other", "path": "/machine/peripheral/other"}}"#;
     let q = Config::default().noise(ev, 1500).start();
     let k = Arc::new(FakeKernel::new());
-    add_with(k.clone(), &monitor(&q, LONG), &opts(1, false)).unwrap();
+    add(&kt(&k), &monitor(&q, LONG), &opts(1, false)).unwrap();
     let err = del(&monitor(&q, LONG), "nic1").unwrap_err();
     assert!(
         err.to_string()
@@ -973,7 +978,7 @@ fn unrelated_events_are_dropped_not_counted_against_the_caps() {
 
 /// Adds nic1 on `q` (normal behaviour).
 fn add_nic(q: &FakeQemu, k: &Arc<FakeKernel>) {
-    add_with(k.clone(), &monitor(q, LONG), &opts(1, false)).unwrap();
+    add(&kt(k), &monitor(q, LONG), &opts(1, false)).unwrap();
 }
 
 #[test]
@@ -1183,7 +1188,7 @@ fn limits_apply_to_the_rollback_connection_too() {
         max_line: 4096,
         ..Limits::default()
     };
-    let err = add_with(k.clone(), &mon, &opts(1, false)).unwrap_err();
+    let err = add(&kt(&k), &mon, &opts(1, false)).unwrap_err();
     let (step, _, remaining, rollback) = step_parts(&err);
     assert_eq!(step, "netdev_add");
     assert!(
@@ -1261,16 +1266,15 @@ fn link_changes_on_an_attached_tap_are_undone_when_plugging_fails() {
         return;
     }
     common::in_netns(|| {
-        vmtap::tap::create_persistent_with(
-            &vmtap::Kernel,
-            std::path::Path::new(vmtap::open::TUN_PATH),
-            "hpx0",
-            &vmtap::PersistentOptions {
-                vnet_hdr: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        Tun::system()
+            .create_persistent(
+                "hpx0",
+                &vmtap::PersistentOptions {
+                    vnet_hdr: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         common::wait_unused("hpx0");
         assert!(!is_up("hpx0"));
         let q = Config::default()
@@ -1288,7 +1292,7 @@ fn link_changes_on_an_attached_tap_are_undone_when_plugging_fails() {
             up: true,
             ..LinkOptions::default()
         };
-        let err = hotplug::add(&monitor(&q, LONG), &o).unwrap_err();
+        let err = hotplug::add(&Tun::system(), &monitor(&q, LONG), &o).unwrap_err();
         assert!(err.to_string().contains("failed at device_add"), "{err}");
         assert!(err.to_string().contains("(host tap hpx0)"), "{err}");
         assert!(!is_up("hpx0"), "the attached tap was left up");
@@ -1297,10 +1301,13 @@ fn link_changes_on_an_attached_tap_are_undone_when_plugging_fails() {
         common::wait_unused("hpx0");
 
         let q = FakeQemu::normal();
-        assert_eq!(hotplug::add(&monitor(&q, LONG), &o).unwrap(), "hpx0");
+        assert_eq!(
+            hotplug::add(&Tun::system(), &monitor(&q, LONG), &o).unwrap(),
+            "hpx0"
+        );
         assert!(is_up("hpx0"), "a successful add keeps its changes");
         drop(q.finish());
         common::wait_unused("hpx0");
-        vmtap::delete_persistent("hpx0").unwrap();
+        vmtap::Tun::system().delete_persistent("hpx0").unwrap();
     });
 }

@@ -19,8 +19,13 @@ use fakeqmp::{Act, Config, Greet};
 use serde::de::IgnoredAny;
 use vmtap::OpenOptions;
 use vmtap::fake::FakeKernel;
+
+/// The context of a fake kernel.
+fn kt(k: &std::sync::Arc<FakeKernel>) -> vmtap::Tun {
+    vmtap::Tun::with(k.clone(), vmtap::DevicePaths::default())
+}
 use vmtap_net::LinkOptions;
-use vmtap_qemu::hotplug::{HotplugError, HotplugOptions, Monitor, add_with};
+use vmtap_qemu::hotplug::{self, HotplugError, HotplugOptions, Monitor};
 use vmtap_qemu::qmp::{Deadline, Limits, Qmp, QmpError};
 
 struct Counting;
@@ -313,7 +318,7 @@ fn hotplug_add_against_a_hostile_monitor_stays_bounded() {
             driver: "virtio-net-pci".into(),
             mac: None,
         };
-        add_with(k, &Monitor::new(path, LONG), &opts).unwrap_err()
+        hotplug::add(&kt(&k), &Monitor::new(path, LONG), &opts).unwrap_err()
     });
     let b = bound(Limits::default());
     assert!(bytes < b, "held {bytes} bytes, bound {b}");

@@ -81,7 +81,9 @@ pub fn wait_gone(name: &str) {
 /// load.
 pub fn wait_unused(name: &str) {
     wait_until(&format!("{name} has no queue attached"), 30, || {
-        vmtap::tap_status(name).is_ok_and(|s| s.users() == 0)
+        vmtap::Tun::system()
+            .status(name)
+            .is_ok_and(|s| s.users() == 0)
     });
 }
 

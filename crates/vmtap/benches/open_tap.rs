@@ -30,7 +30,7 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use vmtap::sys::rtnl::Netlink;
-use vmtap::{OpenOptions, PersistentOptions, TunFlags, create_persistent, sys};
+use vmtap::{OpenOptions, PersistentOptions, Tun, TunFlags, sys};
 
 /// Per queue: open /dev/net/tun and TUNSETIFF.
 fn bare(name: &str, queues: usize, flags: TunFlags, exclusive: bool) -> Vec<OwnedFd> {
@@ -113,8 +113,8 @@ fn main() {
         vnet_hdr: true,
         ..Default::default()
     };
-    create_persistent("bs0", &sq).unwrap();
-    create_persistent("bm0", &mq).unwrap();
+    Tun::system().create_persistent("bs0", &sq).unwrap();
+    Tun::system().create_persistent("bm0", &mq).unwrap();
 
     let mut rows = Vec::new();
     for case in ["attach", "create"] {
@@ -218,6 +218,6 @@ fn main() {
             us(r.lib.1) / us(r.bare.1)
         );
     }
-    vmtap::delete_persistent("bs0").unwrap();
-    vmtap::delete_persistent("bm0").unwrap();
+    vmtap::Tun::system().delete_persistent("bs0").unwrap();
+    vmtap::Tun::system().delete_persistent("bm0").unwrap();
 }

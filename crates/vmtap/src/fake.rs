@@ -186,7 +186,7 @@ impl FakeKernel {
         Self {
             state: Mutex::new(State {
                 features,
-                vhost_net: BTreeSet::from([PathBuf::from(crate::open::VHOST_NET_PATH)]),
+                vhost_net: BTreeSet::from([PathBuf::from(crate::names::VHOST_NET_PATH)]),
                 ..State::default()
             }),
         }
@@ -661,7 +661,7 @@ impl Syscalls for FakeKernel {
         let f = st.fds.get(&inode(fd)?).ok_or_else(|| errno(libc::EBADF))?;
         Ok(if st.vhost_net.contains(&f.path) {
             Some(crate::sys::VHOST_NET_DEVICE)
-        } else if f.path == Path::new(crate::open::TUN_PATH) {
+        } else if f.path == Path::new(crate::names::TUN_PATH) {
             Some((10, 200))
         } else {
             None

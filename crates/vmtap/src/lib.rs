@@ -30,23 +30,23 @@
 pub mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod names;
 pub mod open;
 pub mod syscalls;
 pub mod tap;
+pub mod tun;
 
 /// The kernel interface (the `vmtap-sys` crate): ioctls, flags, netlink
 /// queries.
 pub use vmtap_sys as sys;
 
 pub use error::{Action, Error, NameProblem, Result};
+pub use names::{DevicePaths, MAX_QUEUES, TUN_PATH, VHOST_NET_PATH, validate_name};
 pub use open::{
-    Features, MAX_QUEUES, OpenOptions, VnetHdr, open_tap, open_tap_with, probe_multi_queue,
-    probe_multi_queue_with, probe_vnet_hdr, probe_vnet_hdr_with, tun_features, tun_features_with,
-    validate_name,
+    FeatureReport, Features, OpenOptions, VnetHdr, open_tap, probe_multi_queue, probe_vnet_hdr,
+    tun_features,
 };
 pub use sys::{Offloads, TunFlags};
 pub use syscalls::{Kernel, Syscalls};
-pub use tap::{
-    FdStatus, PersistentOptions, Tap, TapInfo, TapQueue, TapStatus, check_queues,
-    create_persistent, delete_persistent, inspect_fd, inspect_fd_status, tap_status,
-};
+pub use tap::{FdStatus, PersistentOptions, Tap, TapInfo, TapQueue, TapStatus};
+pub use tun::Tun;

@@ -5,35 +5,41 @@
 //! `_ProbeTapMqVirtioNet`, `OpenTap`), without its defects.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use crate::error::{Action, BindMode, Error, NameProblem, Result, explain_open};
+use crate::error::{Action, BindMode, Error, Result, explain_open};
+use crate::names::{MAX_QUEUES, validate_name};
+use crate::sys::TunFlags;
 use crate::sys::rtnl::{LinkState, TunLinkInfo};
-use crate::sys::{IFNAME_MAX, TunFlags};
-use crate::syscalls::{Kernel, Syscalls};
+use crate::syscalls::Syscalls;
 use crate::tap::{Tap, TapQueue, TapStatus, bind, lookup_link, open_tun, tap_flags, wait_unused};
-
-/// The TUN/TAP clone device.
-pub const TUN_PATH: &str = "/dev/net/tun";
-/// The vhost-net device.
-pub const VHOST_NET_PATH: &str = "/dev/vhost-net";
-/// The kernel's limit on queues per tap (`MAX_TAP_QUEUES`).
-pub const MAX_QUEUES: usize = 256;
+use crate::tun::Tun;
 
 /// Reads the kernel's supported TUN features (`TUNGETFEATURES`) from an fd
 /// of `/dev/net/tun` (bound or not).
 ///
 /// Ganeti: `_GetTunFeatures`. Like it, a failing ioctl (an old kernel, or an
 /// fd that is not a TUN fd) is logged as a warning and gives `None`, meaning
-/// "unsupported", rather than an error.
+/// "unsupported", rather than an error. [`Tun::features_of`] over another
+/// [`Syscalls`] (Ganeti's `_ioctl=` parameter).
 pub fn tun_features(fd: BorrowedFd<'_>) -> Option<TunFlags> {
-    tun_features_with(&Kernel, fd)
+    Tun::system().features_of(fd)
 }
 
-/// [`tun_features`] over any [`Syscalls`] (Ganeti's `_ioctl=` parameter).
-pub fn tun_features_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> Option<TunFlags> {
-    read_features(|out| sys.tun_get_features(fd, out))
+/// Whether to enable `IFF_VNET_HDR`: true only when `TUNGETFEATURES` works
+/// and reports it; false (with a logged warning) otherwise.
+///
+/// Ganeti: `_ProbeTapVnetHdr`.
+pub fn probe_vnet_hdr(fd: BorrowedFd<'_>) -> bool {
+    Tun::system().probe_vnet_hdr(fd)
+}
+
+/// Whether the kernel supports `IFF_MULTI_QUEUE` (Linux 3.8 and later);
+/// false (with a logged warning) when the ioctl fails or the flag is absent.
+///
+/// Ganeti: `_ProbeTapMqVirtioNet`.
+pub fn probe_multi_queue(fd: BorrowedFd<'_>) -> bool {
+    Tun::system().probe_multi_queue(fd)
 }
 
 /// Runs a TUNGETFEATURES call with a zeroed argument; a failure is logged
@@ -49,83 +55,82 @@ fn read_features(ioctl: impl FnOnce(&mut u32) -> std::io::Result<()>) -> Option<
     }
 }
 
-fn probe_flag(sys: &dyn Syscalls, fd: BorrowedFd<'_>, flag: TunFlags, name: &str) -> bool {
-    match tun_features_with(sys, fd) {
-        Some(f) if f.contains(flag) => true,
-        Some(_) => {
-            log::warn!("Kernel does not support {name}, not enabling");
-            false
-        }
-        None => false,
+/// What the kernel supports, for a report (`vmtap features`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureReport {
+    /// `TUNGETFEATURES` on a fresh fd of the clone device (`None` when the
+    /// ioctl fails: an old kernel).
+    pub flags: Option<TunFlags>,
+    /// The vhost-net device opens and is vhost-net.
+    pub vhost_net: bool,
+}
+
+impl FeatureReport {
+    /// Whether `flag` is supported.
+    pub fn has(&self, flag: TunFlags) -> bool {
+        self.flags.is_some_and(|f| f.contains(flag))
     }
 }
 
-/// Whether to enable `IFF_VNET_HDR`: true only when `TUNGETFEATURES` works
-/// and reports it; false (with a logged warning) otherwise.
-///
-/// Ganeti: `_ProbeTapVnetHdr`.
-pub fn probe_vnet_hdr(fd: BorrowedFd<'_>) -> bool {
-    probe_vnet_hdr_with(&Kernel, fd)
-}
+impl Tun {
+    /// [`tun_features`] over this context's kernel.
+    pub fn features_of(&self, fd: BorrowedFd<'_>) -> Option<TunFlags> {
+        read_features(|out| self.sys().tun_get_features(fd, out))
+    }
 
-/// [`probe_vnet_hdr`] over any [`Syscalls`].
-pub fn probe_vnet_hdr_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> bool {
-    probe_flag(sys, fd, TunFlags::VNET_HDR, "IFF_VNET_HDR")
-}
+    fn probe_flag(&self, fd: BorrowedFd<'_>, flag: TunFlags, name: &str) -> bool {
+        match self.features_of(fd) {
+            Some(f) if f.contains(flag) => true,
+            Some(_) => {
+                log::warn!("Kernel does not support {name}, not enabling");
+                false
+            }
+            None => false,
+        }
+    }
 
-/// Whether the kernel supports `IFF_MULTI_QUEUE` (Linux 3.8 and later);
-/// false (with a logged warning) when the ioctl fails or the flag is absent.
-///
-/// Ganeti: `_ProbeTapMqVirtioNet`.
-pub fn probe_multi_queue(fd: BorrowedFd<'_>) -> bool {
-    probe_multi_queue_with(&Kernel, fd)
-}
+    /// [`probe_vnet_hdr`] over this context's kernel.
+    pub fn probe_vnet_hdr(&self, fd: BorrowedFd<'_>) -> bool {
+        self.probe_flag(fd, TunFlags::VNET_HDR, "IFF_VNET_HDR")
+    }
 
-/// [`probe_multi_queue`] over any [`Syscalls`].
-pub fn probe_multi_queue_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> bool {
-    probe_flag(sys, fd, TunFlags::MULTI_QUEUE, "IFF_MULTI_QUEUE")
-}
+    /// [`probe_multi_queue`] over this context's kernel.
+    pub fn probe_multi_queue(&self, fd: BorrowedFd<'_>) -> bool {
+        self.probe_flag(fd, TunFlags::MULTI_QUEUE, "IFF_MULTI_QUEUE")
+    }
 
-/// Checks an interface name against the kernel's rules before any syscall:
-/// 1 to 15 bytes, not `.` or `..`, no `/`, `:`, NUL or byte the kernel's
-/// `isspace()` counts as a space (tab, newline, vertical tab, form feed,
-/// carriage return, space, and 0xA0, which is inside UTF-8 characters such
-/// as `à`), and at most one `%`, only as `%d` (a template; refused when
-/// `allow_template` is false). The kernel would cut a long name silently;
-/// we refuse it. A name accepted here is created by the kernel exactly as
-/// it is (the property tests check this against the kernel).
-pub fn validate_name(name: &str, allow_template: bool) -> Result<()> {
-    let kernel_space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0);
-    let problem = if name.is_empty() {
-        Some(NameProblem::Empty)
-    } else if name.len() > IFNAME_MAX {
-        Some(NameProblem::TooLong(name.len()))
-    } else if name == "." || name == ".." {
-        Some(NameProblem::Dot)
-    } else if let Some(c) = name.chars().find(|c| matches!(c, '/' | ':')) {
-        Some(NameProblem::Forbidden(c))
-    } else if name.contains('\0') {
-        Some(NameProblem::Nul)
-    } else if name.bytes().any(|b| b.is_ascii() && kernel_space(b)) {
-        Some(NameProblem::Whitespace)
-    } else if let Some(c) = name
-        .chars()
-        .find(|c| c.to_string().bytes().any(kernel_space))
-    {
-        Some(NameProblem::SpaceByte(c))
-    } else if name.matches('%').count() > 1 || (name.contains('%') && !name.contains("%d")) {
-        Some(NameProblem::Percent)
-    } else if name.contains("%d") && !allow_template {
-        Some(NameProblem::Template)
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(Error::InvalidName {
-            name: name.to_string(),
-            problem,
-        }),
-        None => Ok(()),
+    /// What the kernel supports: `TUNGETFEATURES` on a fresh fd of the
+    /// clone device, and whether the vhost-net device is usable. An error
+    /// when the clone device cannot be opened.
+    pub fn features(&self) -> Result<FeatureReport> {
+        let fd = open_tun(self)?;
+        let flags = self.features_of(fd.as_fd());
+        let vhost = self.check_vhost_net();
+        if let Err(e) = &vhost {
+            log::debug!("{e}");
+        }
+        Ok(FeatureReport {
+            flags,
+            vhost_net: vhost.is_ok(),
+        })
+    }
+
+    /// Opens the vhost-net device and checks that it is one (as
+    /// [`OpenOptions::vhost`] would), then closes it.
+    pub fn check_vhost_net(&self) -> Result<()> {
+        open_vhosts(self, 1).map(drop)
+    }
+
+    /// Opens a tap for QEMU (see [`open_tap`] for what differs from
+    /// Ganeti): one tap fd per queue and, with vhost, one vhost-net fd per
+    /// queue; with [`OpenOptions::attach_existing`], attaches to a
+    /// persistent tap nobody uses without changing it.
+    pub fn open(&self, opts: &OpenOptions) -> Result<Tap> {
+        opts.validate()?;
+        match opts.name.as_deref() {
+            Some(name) if opts.attach_existing => attach(self, opts, name),
+            name => create(self, opts, name.unwrap_or("")),
+        }
     }
 }
 
@@ -177,8 +182,10 @@ impl Default for Features {
     }
 }
 
-/// Everything [`open_tap_with`] needs; build it with the setters.
-#[derive(Debug, Clone)]
+/// What to open; build it with the setters, open it with [`Tun::open`] (or
+/// [`OpenOptions::open`] on the real kernel).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OpenOptions {
     /// Interface name or `%d` template; `None` lets the kernel pick `tapN`.
     pub name: Option<String>,
@@ -188,22 +195,6 @@ pub struct OpenOptions {
     /// refusing it; its flags are then checked against `features` and never
     /// changed.
     pub attach_existing: bool,
-    /// The TUN clone device (default `/dev/net/tun`).
-    pub tun_path: PathBuf,
-    /// The vhost-net device (default `/dev/vhost-net`).
-    pub vhost_path: PathBuf,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        Self {
-            name: None,
-            features: Features::default(),
-            attach_existing: false,
-            tun_path: TUN_PATH.into(),
-            vhost_path: VHOST_NET_PATH.into(),
-        }
-    }
 }
 
 impl OpenOptions {
@@ -236,14 +227,9 @@ impl OpenOptions {
         self.attach_existing = on;
         self
     }
-    /// Uses another TUN clone device (tests).
-    pub fn tun_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.tun_path = path.into();
-        self
-    }
-    /// Uses another vhost-net device (tests, or a stand-in).
-    pub fn vhost_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.vhost_path = path.into();
+    /// Sets the features at once.
+    pub fn features(mut self, features: Features) -> Self {
+        self.features = features;
         self
     }
 
@@ -265,9 +251,9 @@ impl OpenOptions {
         Ok(())
     }
 
-    /// Opens the tap with the real kernel.
+    /// Opens the tap with the real kernel: `Tun::system().open(self)`.
     pub fn open(&self) -> Result<Tap> {
-        open_tap_with(Arc::new(Kernel), self)
+        Tun::system().open(self)
     }
 }
 
@@ -293,27 +279,19 @@ impl OpenOptions {
 /// # Ok::<(), vmtap::Error>(())
 /// ```
 pub fn open_tap(name: Option<&str>, features: &Features) -> Result<Tap> {
-    let opts = OpenOptions {
-        name: name.map(str::to_string),
-        features: *features,
-        ..OpenOptions::default()
+    let opts = OpenOptions::new().features(*features);
+    let opts = match name {
+        Some(name) => opts.name(name),
+        None => opts,
     };
     opts.open()
 }
 
-/// [`open_tap`] with every option, over any [`Syscalls`].
-pub fn open_tap_with(sys: Arc<dyn Syscalls>, opts: &OpenOptions) -> Result<Tap> {
-    opts.validate()?;
-    match opts.name.as_deref() {
-        Some(name) if opts.attach_existing => attach(sys, opts, name),
-        name => create(sys, opts, name.unwrap_or("")),
-    }
-}
-
 /// Creates a new tap (refusing an existing interface) with N queues.
-fn create(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap> {
+fn create(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
+    let sys = tun.sys();
     let queues = opts.features.queues;
-    let first = open_tun(&*sys, &opts.tun_path)?;
+    let first = open_tun(tun)?;
     let features = read_features(|out| sys.clone_device_features(first.as_fd(), out));
     let supported = |flag: TunFlags| features.is_some_and(|f| f.contains(flag));
 
@@ -335,27 +313,24 @@ fn create(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap>
     }
 
     // vhost-net first: when it is missing, no interface is created at all.
-    let vhost = open_vhosts(&*sys, opts)?;
+    let vhost = if opts.features.vhost {
+        open_vhosts(tun, queues)?
+    } else {
+        Vec::new()
+    };
 
     // Queue 0 creates the device, refusing an existing one; queues 1..
     // attach to queue 0's device by the name the kernel gave it.
     let flags = tap_flags(multi_queue, vnet_hdr);
     let create_flags = flags | TunFlags::TUN_EXCL;
-    let ifname = bind(
-        &*sys,
-        first.as_fd(),
-        name,
-        create_flags,
-        BindMode::Create,
-        0,
-    )?;
+    let ifname = bind(sys, first.as_fd(), name, create_flags, BindMode::Create, 0)?;
     log::debug!("queue 0 created {ifname} with {create_flags:?}");
     let mut tap_queues = Vec::with_capacity(queues);
-    tap_queues.push(TapQueue::with_sys(first, sys.clone()));
+    tap_queues.push(TapQueue::new(first, tun.clone()));
     for k in 1..queues {
-        let fd = open_tun(&*sys, &opts.tun_path)?;
-        bind(&*sys, fd.as_fd(), &ifname, flags, BindMode::AddQueue, k)?;
-        tap_queues.push(TapQueue::with_sys(fd, sys.clone()));
+        let fd = open_tun(tun)?;
+        bind(sys, fd.as_fd(), &ifname, flags, BindMode::AddQueue, k)?;
+        tap_queues.push(TapQueue::new(fd, tun.clone()));
     }
     Ok(Tap {
         name: ifname,
@@ -392,26 +367,31 @@ fn existing_flags(sys: &dyn Syscalls, link: &LinkState, tun: &TunLinkInfo) -> Tu
 /// first and the queues bind with exactly those; a request that disagrees,
 /// a tap that is not persistent and a tap in use are refused before any
 /// queue is bound.
-fn attach(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap> {
+fn attach(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
+    let sys = tun.sys();
     let queues = opts.features.queues;
-    let link = lookup_link(&*sys, name, Action::Attach)?;
+    let link = lookup_link(sys, name, Action::Attach)?;
     let status = TapStatus::from_link(&link)?;
-    let tun = link.tun.clone().expect("a tap has tun attributes");
-    check_existing(name, opts.features.vnet_hdr, queues > 1, &tun)?;
+    let info = link.tun.clone().expect("a tap has tun attributes");
+    check_existing(name, opts.features.vnet_hdr, queues > 1, &info)?;
     // A tap that lives only with its fds belongs to whoever holds them,
     // and a tap with queues attached is some VM's: never share one.
     if !status.persistent {
         return Err(Error::NotPersistent(name.to_string()));
     }
-    let (link, _) = wait_unused(&*sys, link, Action::Attach)?;
-    let flags = existing_flags(&*sys, &link, &tun);
+    let (link, _) = wait_unused(sys, link, Action::Attach)?;
+    let flags = existing_flags(sys, &link, &info);
     log::debug!("{name} exists (index {}) with {flags:?}", link.index);
 
-    let vhost = open_vhosts(&*sys, opts)?;
+    let vhost = if opts.features.vhost {
+        open_vhosts(tun, queues)?
+    } else {
+        Vec::new()
+    };
     let mut tap_queues = Vec::with_capacity(queues);
     for k in 0..queues {
-        let fd = open_tun(&*sys, &opts.tun_path)?;
-        bind(&*sys, fd.as_fd(), name, flags, BindMode::Attach, k)?;
+        let fd = open_tun(tun)?;
+        bind(sys, fd.as_fd(), name, flags, BindMode::Attach, k)?;
         // The tap may have been removed since it was looked up, and this
         // bind created a new one: its MAC address (random per tap) and
         // persistence tell. Dropping the fd removes what was created.
@@ -422,12 +402,12 @@ fn attach(sys: Arc<dyn Syscalls>, opts: &OpenOptions, name: &str) -> Result<Tap>
         if !same {
             return Err(Error::Vanished(name.to_string()));
         }
-        tap_queues.push(TapQueue::with_sys(fd, sys.clone()));
+        tap_queues.push(TapQueue::new(fd, tun.clone()));
     }
     // Another process may have attached between the look-up and the binds
     // (a single-queue tap refuses a second queue itself): count again.
-    if tun.multi_queue {
-        let now = lookup_link(&*sys, name, Action::Attach)?;
+    if info.multi_queue {
+        let now = lookup_link(sys, name, Action::Attach)?;
         let users = TapStatus::from_link(&now)?.users() as usize;
         if now.index != link.index || users < queues {
             return Err(Error::Vanished(name.to_string()));
@@ -483,35 +463,23 @@ fn check_existing(ifname: &str, vnet: VnetHdr, multi_queue: bool, tun: &TunLinkI
     }
 }
 
-/// Opens one vhost-net fd per queue (none without vhost), checking that
-/// the node is a vhost-net device (`VHOST_GET_FEATURES` offers
-/// `VHOST_NET_F_VIRTIO_NET_HDR`, which only vhost-net has).
-fn open_vhosts(sys: &dyn Syscalls, opts: &OpenOptions) -> Result<Vec<OwnedFd>> {
-    if !opts.features.vhost {
-        return Ok(Vec::new());
-    }
-    let path = &opts.vhost_path;
-    let mut vhost = Vec::with_capacity(opts.features.queues);
-    for _ in 0..opts.features.queues {
-        let fd = sys
+/// Opens `count` fds of the vhost-net device, checking that it is one.
+fn open_vhosts(tun: &Tun, count: usize) -> Result<Vec<OwnedFd>> {
+    let path = &tun.paths().vhost_net;
+    let mut vhost = Vec::with_capacity(count);
+    for _ in 0..count {
+        let fd = tun
+            .sys()
             .open_device(path)
             .map_err(|source| Error::VhostUnavailable {
                 path: path.to_path_buf(),
                 cause: explain_open(&source, "vhost_net"),
                 source,
             })?;
-        check_vhost_net(sys, fd.as_fd(), path)?;
+        check_vhost_net(tun.sys(), fd.as_fd(), path)?;
         vhost.push(fd);
     }
     Ok(vhost)
-}
-
-/// Opens `path` and checks that it is a usable vhost-net device (as
-/// `OpenOptions::vhost` would), then closes it.
-pub fn check_vhost_net_path(path: &Path) -> Result<()> {
-    let mut opts = OpenOptions::new().vhost(true).vhost_path(path);
-    opts.features.queues = 1;
-    open_vhosts(&Kernel, &opts).map(drop)
 }
 
 /// Checks that `fd` (opened from `path`) is the vhost-net device: the

@@ -3,15 +3,14 @@
 //! queue attach/detach, offloads and the vnet header size live here.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Action, BindMode, Error, Result, explain_bind, explain_ioctl, explain_open};
-use crate::open::validate_name;
+use crate::names::validate_name;
 use crate::sys::rtnl::LinkState;
 use crate::sys::{Offloads, TunFlags};
-use crate::syscalls::{Kernel, Syscalls};
+use crate::syscalls::Syscalls;
+use crate::tun::Tun;
 
 /// What `TUNGETIFF` says about a bound fd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +50,7 @@ impl TapInfo {
 /// when its last queue is closed.
 pub struct TapQueue {
     fd: OwnedFd,
-    sys: Arc<dyn Syscalls>,
+    tun: Tun,
 }
 
 impl std::fmt::Debug for TapQueue {
@@ -85,19 +84,20 @@ impl TapQueue {
     /// Wraps an fd that is bound to a tap (for example one inherited from a
     /// parent process); the real kernel is used for its ioctls.
     pub fn from_fd(fd: OwnedFd) -> Self {
-        Self {
-            fd,
-            sys: Arc::new(Kernel),
-        }
+        Self::new(fd, Tun::system())
     }
 
-    pub(crate) fn with_sys(fd: OwnedFd, sys: Arc<dyn Syscalls>) -> Self {
-        Self { fd, sys }
+    pub(crate) fn new(fd: OwnedFd, tun: Tun) -> Self {
+        Self { fd, tun }
+    }
+
+    fn sys(&self) -> &dyn Syscalls {
+        self.tun.sys()
     }
 
     /// `TUNGETIFF`: the interface name and flags.
     pub fn info(&self) -> Result<TapInfo> {
-        inspect_fd_with(&*self.sys, self.fd.as_fd())
+        self.tun.inspect_fd(self.fd.as_fd())
     }
 
     /// Detaches this queue (`TUNSETQUEUE` + `IFF_DETACH_QUEUE`): it stops
@@ -105,7 +105,7 @@ impl TapQueue {
     pub fn detach(&self) -> Result<()> {
         self.check(
             "TUNSETQUEUE(detach)",
-            self.sys.tun_set_queue(self.fd.as_fd(), false),
+            self.sys().tun_set_queue(self.fd.as_fd(), false),
         )
     }
 
@@ -113,7 +113,7 @@ impl TapQueue {
     pub fn attach(&self) -> Result<()> {
         self.check(
             "TUNSETQUEUE(attach)",
-            self.sys.tun_set_queue(self.fd.as_fd(), true),
+            self.sys().tun_set_queue(self.fd.as_fd(), true),
         )
     }
 
@@ -121,7 +121,7 @@ impl TapQueue {
     pub fn set_offloads(&self, offloads: Offloads) -> Result<()> {
         self.check(
             "TUNSETOFFLOAD",
-            self.sys.tun_set_offload(self.fd.as_fd(), offloads),
+            self.sys().tun_set_offload(self.fd.as_fd(), offloads),
         )
     }
 
@@ -138,7 +138,7 @@ impl TapQueue {
         }
         let last = candidates.len() - 1;
         for (i, candidate) in candidates.into_iter().enumerate() {
-            match self.sys.tun_set_offload(self.fd.as_fd(), candidate) {
+            match self.sys().tun_set_offload(self.fd.as_fd(), candidate) {
                 Ok(()) => return Ok(candidate),
                 Err(e) if i < last && e.raw_os_error() == Some(libc::EINVAL) => {
                     log::debug!("TUNSETOFFLOAD {candidate:?} refused, falling back");
@@ -153,7 +153,7 @@ impl TapQueue {
     pub fn set_vnet_hdr_size(&self, size: i32) -> Result<()> {
         self.check(
             "TUNSETVNETHDRSZ",
-            self.sys.tun_set_vnet_hdr_size(self.fd.as_fd(), size),
+            self.sys().tun_set_vnet_hdr_size(self.fd.as_fd(), size),
         )
     }
 
@@ -161,7 +161,7 @@ impl TapQueue {
     pub fn vnet_hdr_size(&self) -> Result<i32> {
         self.check(
             "TUNGETVNETHDRSZ",
-            self.sys.tun_get_vnet_hdr_size(self.fd.as_fd()),
+            self.sys().tun_get_vnet_hdr_size(self.fd.as_fd()),
         )
     }
 
@@ -169,7 +169,7 @@ impl TapQueue {
     pub fn set_sndbuf(&self, size: i32) -> Result<()> {
         self.check(
             "TUNSETSNDBUF",
-            self.sys.tun_set_sndbuf(self.fd.as_fd(), size),
+            self.sys().tun_set_sndbuf(self.fd.as_fd(), size),
         )
     }
 
@@ -178,7 +178,7 @@ impl TapQueue {
     fn check<T>(&self, op: &'static str, result: std::io::Result<T>) -> Result<T> {
         result.map_err(|e| {
             let name = self
-                .sys
+                .sys()
                 .tun_get_iff(self.fd.as_fd())
                 .map(|(n, _)| n)
                 .unwrap_or_default();
@@ -221,93 +221,87 @@ impl Tap {
         (self.name, fds, self.vhost)
     }
     /// Checks with `TUNGETIFF` that the queues form one device with
-    /// consistent flags (see [`check_queues`]).
+    /// consistent flags (see [`Tun::check_queues`]).
     pub fn verify(&self) -> Result<TapInfo> {
         let fds: Vec<BorrowedFd<'_>> = self.queues.iter().map(|q| q.as_fd()).collect();
         match self.queues.first() {
-            Some(q) => check_queues_with(&*q.sys, &fds),
+            Some(q) => q.tun.check_queues(&fds),
             None => Err(Error::InconsistentQueues("no queues".into())),
         }
     }
 }
 
-/// `TUNGETIFF` on any fd: its interface name and flags, or a clear error
-/// when the fd is not a bound TUN/TAP fd.
-pub fn inspect_fd(fd: BorrowedFd<'_>) -> Result<TapInfo> {
-    inspect_fd_with(&Kernel, fd)
-}
-
-/// [`inspect_fd`] over any [`Syscalls`].
-pub fn inspect_fd_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> Result<TapInfo> {
-    match sys.tun_get_iff(fd) {
-        Ok((name, flags)) => Ok(TapInfo { name, flags }),
-        Err(source) => {
-            let cause = match source.raw_os_error() {
-                Some(libc::EBADFD) => "it is a /dev/net/tun fd not bound to any interface".into(),
-                Some(libc::ENOTTY) | Some(libc::EINVAL) => {
-                    "it is not an fd of /dev/net/tun (TUNGETIFF is not supported on it)".into()
-                }
-                Some(libc::EBADF) => "no such open fd".into(),
-                _ => source.to_string(),
-            };
-            Err(Error::NotATapFd {
-                fd: fd.as_raw_fd(),
-                cause,
-                source,
-            })
+impl Tun {
+    /// `TUNGETIFF` on any fd: its interface name and flags, or a clear
+    /// error when the fd is not a bound TUN/TAP fd.
+    pub fn inspect_fd(&self, fd: BorrowedFd<'_>) -> Result<TapInfo> {
+        match self.sys().tun_get_iff(fd) {
+            Ok((name, flags)) => Ok(TapInfo { name, flags }),
+            Err(source) => {
+                let cause = match source.raw_os_error() {
+                    Some(libc::EBADFD) => {
+                        "it is a /dev/net/tun fd not bound to any interface".into()
+                    }
+                    Some(libc::ENOTTY) | Some(libc::EINVAL) => {
+                        "it is not an fd of /dev/net/tun (TUNGETIFF is not supported on it)".into()
+                    }
+                    Some(libc::EBADF) => "no such open fd".into(),
+                    _ => source.to_string(),
+                };
+                Err(Error::NotATapFd {
+                    fd: fd.as_raw_fd(),
+                    cause,
+                    source,
+                })
+            }
         }
     }
-}
 
-/// Checks that `fds` are all bound to the same TAP device and agree on its
-/// flags (multi-queue, vnet header, no-PI). QEMU only checks the vnet
-/// header; a stray fd would otherwise fail later in an obscure way.
-pub fn check_queues(fds: &[BorrowedFd<'_>]) -> Result<TapInfo> {
-    check_queues_with(&Kernel, fds)
-}
-
-/// [`check_queues`] over any [`Syscalls`].
-pub fn check_queues_with(sys: &dyn Syscalls, fds: &[BorrowedFd<'_>]) -> Result<TapInfo> {
-    let Some((first, rest)) = fds.split_first() else {
-        return Err(Error::InconsistentQueues("no fds were given".into()));
-    };
-    let info = inspect_fd_with(sys, *first)?;
-    if !info.is_tap() {
-        return Err(Error::InconsistentQueues(format!(
-            "\"{}\" is a TUN device, not a TAP",
-            info.name
-        )));
-    }
-    if !rest.is_empty() && !info.multi_queue() {
-        return Err(Error::InconsistentQueues(format!(
-            "{} fds were given but \"{}\" is not multi-queue",
-            fds.len(),
-            info.name
-        )));
-    }
-    let key = TunFlags::TAP | TunFlags::MULTI_QUEUE | TunFlags::VNET_HDR | TunFlags::NO_PI;
-    for fd in rest {
-        let other = inspect_fd_with(sys, *fd)?;
-        if other.name != info.name {
+    /// Checks that `fds` are all bound to the same TAP device and agree on
+    /// its flags (multi-queue, vnet header, no-PI). QEMU only checks the
+    /// vnet header; a stray fd would otherwise fail later in an obscure way.
+    pub fn check_queues(&self, fds: &[BorrowedFd<'_>]) -> Result<TapInfo> {
+        let Some((first, rest)) = fds.split_first() else {
+            return Err(Error::InconsistentQueues("no fds were given".into()));
+        };
+        let info = self.inspect_fd(*first)?;
+        if !info.is_tap() {
             return Err(Error::InconsistentQueues(format!(
-                "fd {} is bound to \"{}\" but fd {} to \"{}\"",
-                first.as_raw_fd(),
-                info.name,
-                fd.as_raw_fd(),
-                other.name
+                "\"{}\" is a TUN device, not a TAP",
+                info.name
             )));
         }
-        if other.flags & key != info.flags & key {
+        if !rest.is_empty() && !info.multi_queue() {
             return Err(Error::InconsistentQueues(format!(
-                "fd {} has flags {:?} but fd {} has {:?}",
-                first.as_raw_fd(),
-                info.flags & key,
-                fd.as_raw_fd(),
-                other.flags & key
+                "{} fds were given but \"{}\" is not multi-queue",
+                fds.len(),
+                info.name
             )));
         }
+        let key = TunFlags::TAP | TunFlags::MULTI_QUEUE | TunFlags::VNET_HDR | TunFlags::NO_PI;
+        for fd in rest {
+            let other = self.inspect_fd(*fd)?;
+            if other.name != info.name {
+                return Err(Error::InconsistentQueues(format!(
+                    "fd {} is bound to \"{}\" but fd {} to \"{}\"",
+                    first.as_raw_fd(),
+                    info.name,
+                    fd.as_raw_fd(),
+                    other.name
+                )));
+            }
+            if other.flags & key != info.flags & key {
+                return Err(Error::InconsistentQueues(format!(
+                    "fd {} has flags {:?} but fd {} has {:?}",
+                    first.as_raw_fd(),
+                    info.flags & key,
+                    fd.as_raw_fd(),
+                    other.flags & key
+                )));
+            }
+        }
+        Ok(info)
     }
-    Ok(info)
 }
 
 /// What a persistent tap is created with.
@@ -324,46 +318,40 @@ pub struct PersistentOptions {
     pub group: Option<u32>,
 }
 
-/// Creates a persistent tap `name` (a `%d` template is allowed) that an
-/// unprivileged QEMU can then open by name, and returns what the kernel made.
-///
-/// Refuses an existing interface. Persistence is switched on last, so a
-/// failure in between leaves nothing behind.
-pub fn create_persistent(name: &str, opts: &PersistentOptions) -> Result<TapInfo> {
-    create_persistent_with(&Kernel, Path::new(crate::open::TUN_PATH), name, opts)
-}
-
-/// [`create_persistent`] over any [`Syscalls`] and tun device path.
-pub fn create_persistent_with(
-    sys: &dyn Syscalls,
-    tun_path: &Path,
-    name: &str,
-    opts: &PersistentOptions,
-) -> Result<TapInfo> {
-    validate_name(name, true)?;
-    let fd = open_tun(sys, tun_path)?;
-    // Without IFF_ONE_QUEUE (no effect since Linux 3.8; `ip tuntap` does
-    // not set it either), so that attaching without a trusted sysfs binds
-    // with exactly the tap's flags.
-    let flags =
-        (tap_flags(opts.multi_queue, opts.vnet_hdr) - TunFlags::ONE_QUEUE) | TunFlags::TUN_EXCL;
-    let ifname = bind(sys, fd.as_fd(), name, flags, BindMode::Create, 0)?;
-    if let Some(uid) = opts.owner {
-        sys.tun_set_owner(fd.as_fd(), uid)
-            .map_err(|e| ioctl_err("TUNSETOWNER", &ifname, e))?;
+impl Tun {
+    /// Creates a persistent tap `name` (a `%d` template is allowed) that an
+    /// unprivileged QEMU can then open by name, and returns what the kernel
+    /// made.
+    ///
+    /// Refuses an existing interface. Persistence is switched on last, so a
+    /// failure in between leaves nothing behind.
+    pub fn create_persistent(&self, name: &str, opts: &PersistentOptions) -> Result<TapInfo> {
+        let sys = self.sys();
+        validate_name(name, true)?;
+        let fd = open_tun(self)?;
+        // Without IFF_ONE_QUEUE (no effect since Linux 3.8; `ip tuntap` does
+        // not set it either), so that attaching without a trusted sysfs binds
+        // with exactly the tap's flags.
+        let flags =
+            (tap_flags(opts.multi_queue, opts.vnet_hdr) - TunFlags::ONE_QUEUE) | TunFlags::TUN_EXCL;
+        let ifname = bind(sys, fd.as_fd(), name, flags, BindMode::Create, 0)?;
+        if let Some(uid) = opts.owner {
+            sys.tun_set_owner(fd.as_fd(), uid)
+                .map_err(|e| ioctl_err("TUNSETOWNER", &ifname, e))?;
+        }
+        if let Some(gid) = opts.group {
+            sys.tun_set_group(fd.as_fd(), gid)
+                .map_err(|e| ioctl_err("TUNSETGROUP", &ifname, e))?;
+        }
+        sys.tun_set_persist(fd.as_fd(), true)
+            .map_err(|e| ioctl_err("TUNSETPERSIST", &ifname, e))?;
+        let info = self.inspect_fd(fd.as_fd());
+        if info.is_err() {
+            // Undo persistence so that closing the fd removes the device.
+            let _ = sys.tun_set_persist(fd.as_fd(), false);
+        }
+        info
     }
-    if let Some(gid) = opts.group {
-        sys.tun_set_group(fd.as_fd(), gid)
-            .map_err(|e| ioctl_err("TUNSETGROUP", &ifname, e))?;
-    }
-    sys.tun_set_persist(fd.as_fd(), true)
-        .map_err(|e| ioctl_err("TUNSETPERSIST", &ifname, e))?;
-    let info = inspect_fd_with(sys, fd.as_fd());
-    if info.is_err() {
-        // Undo persistence so that closing the fd removes the device.
-        let _ = sys.tun_set_persist(fd.as_fd(), false);
-    }
-    info
 }
 
 /// A tap as the kernel reports it over netlink (`RTM_GETLINK` with the tun
@@ -476,16 +464,13 @@ pub(crate) fn wait_unused(
     }
 }
 
-/// The status of tap `name` over netlink, without opening or attaching
-/// anything.
-pub fn tap_status(name: &str) -> Result<TapStatus> {
-    tap_status_with(&Kernel, name)
-}
-
-/// [`tap_status`] over any [`Syscalls`].
-pub fn tap_status_with(sys: &dyn Syscalls, name: &str) -> Result<TapStatus> {
-    validate_name(name, false)?;
-    TapStatus::from_link(&lookup_link(sys, name, Action::Inspect)?)
+impl Tun {
+    /// The status of tap `name` over netlink, without opening or attaching
+    /// anything.
+    pub fn status(&self, name: &str) -> Result<TapStatus> {
+        validate_name(name, false)?;
+        TapStatus::from_link(&lookup_link(self.sys(), name, Action::Inspect)?)
+    }
 }
 
 /// What is known about the tap behind an fd: `TUNGETIFF`, and the
@@ -502,84 +487,80 @@ pub struct FdStatus {
     pub status: Option<TapStatus>,
 }
 
-/// Inspects a TAP fd: `TUNGETIFF`, then (when the device is in this
-/// network namespace, checked with `TUNGETDEVNETNS` or else by MAC
-/// address) its netlink status. A TUN fd is an error.
-pub fn inspect_fd_status(fd: BorrowedFd<'_>) -> Result<FdStatus> {
-    inspect_fd_status_with(&Kernel, fd)
-}
-
-/// [`inspect_fd_status`] over any [`Syscalls`].
-pub fn inspect_fd_status_with(sys: &dyn Syscalls, fd: BorrowedFd<'_>) -> Result<FdStatus> {
-    let info = inspect_fd_with(sys, fd)?;
-    if !info.is_tap() {
-        return Err(Error::FdIsTun {
-            fd: fd.as_raw_fd(),
-            ifname: info.name,
-        });
-    }
-    let link = sys.link_state(&info.name).ok().flatten();
-    let in_this_netns = match sys.tun_in_this_netns(fd) {
-        Ok(Some(same)) => Some(same),
-        // Cannot ask the kernel: a same-named link here with the fd's MAC
-        // address (random per tap) is taken as the same device.
-        _ => match (&link, sys.tun_get_hwaddr(fd)) {
-            (Some(l), Ok(mac)) => Some(l.mac == Some(mac)),
-            (None, _) => Some(false),
+impl Tun {
+    /// Inspects a TAP fd: `TUNGETIFF`, then (when the device is in this
+    /// network namespace, checked with `TUNGETDEVNETNS` or else by MAC
+    /// address) its netlink status. A TUN fd is an error.
+    pub fn inspect_fd_status(&self, fd: BorrowedFd<'_>) -> Result<FdStatus> {
+        let sys = self.sys();
+        let info = self.inspect_fd(fd)?;
+        if !info.is_tap() {
+            return Err(Error::FdIsTun {
+                fd: fd.as_raw_fd(),
+                ifname: info.name,
+            });
+        }
+        let link = sys.link_state(&info.name).ok().flatten();
+        let in_this_netns = match sys.tun_in_this_netns(fd) {
+            Ok(Some(same)) => Some(same),
+            // Cannot ask the kernel: a same-named link here with the fd's MAC
+            // address (random per tap) is taken as the same device.
+            _ => match (&link, sys.tun_get_hwaddr(fd)) {
+                (Some(l), Ok(mac)) => Some(l.mac == Some(mac)),
+                (None, _) => Some(false),
+                _ => None,
+            },
+        };
+        let status = match (&link, in_this_netns) {
+            (Some(l), Some(true)) => TapStatus::from_link(l).ok().map(|mut st| {
+                if !st.multi_queue {
+                    st.queues = 1;
+                }
+                st
+            }),
             _ => None,
-        },
-    };
-    let status = match (&link, in_this_netns) {
-        (Some(l), Some(true)) => TapStatus::from_link(l).ok().map(|mut st| {
-            if !st.multi_queue {
-                st.queues = 1;
-            }
-            st
-        }),
-        _ => None,
-    };
-    Ok(FdStatus {
-        info,
-        in_this_netns,
-        status,
-    })
-}
-
-/// Deletes the persistent tap `name` (single- or multi-queue) with
-/// `RTM_DELLINK`, after checking over netlink that it is a persistent tap
-/// with no queue attached. It never opens or attaches to the tap, so it
-/// never creates one, and of several racing deletes one succeeds and the
-/// others find no such interface.
-///
-/// Refuses, with [`Error::NotATap`], an interface that is not a TAP
-/// device; with [`Error::NotPersistent`] a tap that lives only while its
-/// fds are open; with [`Error::InUse`] a tap with queues attached; and
-/// with [`Error::NoSuchInterface`] a name that does not exist.
-pub fn delete_persistent(name: &str) -> Result<()> {
-    delete_persistent_with(&Kernel, name)
-}
-
-/// [`delete_persistent`] over any [`Syscalls`].
-pub fn delete_persistent_with(sys: &dyn Syscalls, name: &str) -> Result<()> {
-    validate_name(name, false)?;
-    let link = lookup_link(sys, name, Action::Delete)?;
-    let status = TapStatus::from_link(&link)?;
-    if !status.persistent {
-        return Err(Error::NotPersistent(name.to_string()));
-    }
-    let (link, _) = wait_unused(sys, link, Action::Delete)?;
-    sys.delete_link(link.index)
-        .map_err(|source| match source.raw_os_error() {
-            Some(libc::ENODEV) => Error::NoSuchInterface {
-                ifname: name.to_string(),
-                action: Action::Delete,
-            },
-            _ => Error::Netlink {
-                step: "deleting",
-                ifname: name.to_string(),
-                source,
-            },
+        };
+        Ok(FdStatus {
+            info,
+            in_this_netns,
+            status,
         })
+    }
+}
+
+impl Tun {
+    /// Deletes the persistent tap `name` (single- or multi-queue) with
+    /// `RTM_DELLINK`, after checking over netlink that it is a persistent tap
+    /// with no queue attached. It never opens or attaches to the tap, so it
+    /// never creates one, and of several racing deletes one succeeds and the
+    /// others find no such interface.
+    ///
+    /// Refuses, with [`Error::NotATap`], an interface that is not a TAP
+    /// device; with [`Error::NotPersistent`] a tap that lives only while its
+    /// fds are open; with [`Error::InUse`] a tap with queues attached; and
+    /// with [`Error::NoSuchInterface`] a name that does not exist.
+    pub fn delete_persistent(&self, name: &str) -> Result<()> {
+        let sys = self.sys();
+        validate_name(name, false)?;
+        let link = lookup_link(sys, name, Action::Delete)?;
+        let status = TapStatus::from_link(&link)?;
+        if !status.persistent {
+            return Err(Error::NotPersistent(name.to_string()));
+        }
+        let (link, _) = wait_unused(sys, link, Action::Delete)?;
+        sys.delete_link(link.index)
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::ENODEV) => Error::NoSuchInterface {
+                    ifname: name.to_string(),
+                    action: Action::Delete,
+                },
+                _ => Error::Netlink {
+                    step: "deleting",
+                    ifname: name.to_string(),
+                    source,
+                },
+            })
+    }
 }
 
 pub(crate) fn tap_flags(multi_queue: bool, vnet_hdr: bool) -> TunFlags {
@@ -609,10 +590,14 @@ pub(crate) fn bind(
         })
 }
 
-pub(crate) fn open_tun(sys: &dyn Syscalls, path: &Path) -> Result<OwnedFd> {
-    sys.open_device(path).map_err(|source| Error::OpenDevice {
-        path: path.to_path_buf(),
-        cause: explain_open(&source, "tun"),
-        source,
-    })
+/// Opens the TUN clone device of `tun`.
+pub(crate) fn open_tun(tun: &Tun) -> Result<OwnedFd> {
+    let path = &tun.paths().tun;
+    tun.sys()
+        .open_device(path)
+        .map_err(|source| Error::OpenDevice {
+            path: path.to_path_buf(),
+            cause: explain_open(&source, "tun"),
+            source,
+        })
 }

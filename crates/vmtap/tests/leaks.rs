@@ -6,20 +6,21 @@
 use vmtap_testkit as common;
 
 use common::*;
-use vmtap::{Error, OpenOptions, PersistentOptions, VnetHdr, create_persistent};
+use vmtap::{DevicePaths, Error, OpenOptions, PersistentOptions, Tun, VnetHdr};
 
 #[test]
 fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
     in_netns(|| {
         veth("ve0", "ve1");
-        create_persistent(
-            "pmq0",
-            &PersistentOptions {
-                multi_queue: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        Tun::system()
+            .create_persistent(
+                "pmq0",
+                &PersistentOptions {
+                    multi_queue: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         // Another user holds two queues without vnet headers.
         let holder = OpenOptions::new()
             .name("pmq0")
@@ -31,27 +32,41 @@ fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
         let before_ifs = interfaces();
         let before_fds = fd_count();
 
-        let cases: Vec<(&str, OpenOptions, &str)> = vec![
+        let paths = |tun: &str, vhost_net: &str| {
+            Tun::with(
+                std::sync::Arc::new(vmtap::Kernel),
+                DevicePaths {
+                    tun: tun.into(),
+                    vhost_net: vhost_net.into(),
+                },
+            )
+        };
+        let system = Tun::system();
+        let no_vhost = paths(vmtap::TUN_PATH, "/nonexistent/vhost-net");
+        let dir_vhost = paths(vmtap::TUN_PATH, "/");
+        let no_tun = paths("/nonexistent/tun", vmtap::VHOST_NET_PATH);
+        let cases: Vec<(&str, &Tun, OpenOptions, &str)> = vec![
             (
                 "vhost-net missing",
-                OpenOptions::new()
-                    .queues(4)
-                    .vhost(true)
-                    .vhost_path("/nonexistent/vhost-net"),
+                &no_vhost,
+                OpenOptions::new().queues(4).vhost(true),
                 "vhost-net is not available on this host",
             ),
             (
                 "vhost stand-in that is a directory",
-                OpenOptions::new().queues(2).vhost(true).vhost_path("/"),
+                &dir_vhost,
+                OpenOptions::new().queues(2).vhost(true),
                 "vhost-net is not available",
             ),
             (
                 "name exists as a veth",
+                &system,
                 OpenOptions::new().name("ve0").queues(3),
                 "already exists",
             ),
             (
                 "attach to a veth",
+                &system,
                 OpenOptions::new()
                     .name("ve0")
                     .queues(3)
@@ -60,6 +75,7 @@ fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
             ),
             (
                 "attach with the wrong vnet_hdr",
+                &system,
                 OpenOptions::new()
                     .name("pmq0")
                     .queues(3)
@@ -69,18 +85,25 @@ fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
             ),
             (
                 "tun device missing",
-                OpenOptions::new().tun_path("/nonexistent/tun"),
+                &no_tun,
+                OpenOptions::new(),
                 "tun module",
             ),
             (
                 "too many queues",
+                &system,
                 OpenOptions::new().queues(257),
                 "must be 1 to 256",
             ),
-            ("bad name", OpenOptions::new().name("a:b"), "contains ':'"),
+            (
+                "bad name",
+                &system,
+                OpenOptions::new().name("a:b"),
+                "contains ':'",
+            ),
         ];
-        for (what, opts, words) in cases {
-            let err: Error = opts.open().unwrap_err();
+        for (what, tun, opts, words) in cases {
+            let err: Error = tun.open(&opts).unwrap_err();
             assert!(err.to_string().contains(words), "{what}: {err}");
             assert_eq!(fd_count(), before_fds, "{what}: fd leaked");
             assert_eq!(interfaces(), before_ifs, "{what}: interface left behind");
@@ -110,14 +133,15 @@ fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
             current: Some(before_fds as u64 + 6),
             maximum: limit.maximum,
         };
-        vmtap::create_persistent(
-            "idle0",
-            &PersistentOptions {
-                multi_queue: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        vmtap::Tun::system()
+            .create_persistent(
+                "idle0",
+                &PersistentOptions {
+                    multi_queue: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         let idle_ifs = interfaces();
         setrlimit(Resource::Nofile, tight).unwrap();
         let results: Vec<Result<vmtap::Tap, Error>> = vec![
@@ -136,10 +160,10 @@ fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
             assert_eq!(fd_count(), before_fds, "{err}: fd leaked");
         }
         assert_eq!(interfaces(), idle_ifs);
-        assert_eq!(vmtap::tap_status("idle0").unwrap().users(), 0);
-        vmtap::delete_persistent("idle0").unwrap();
+        assert_eq!(vmtap::Tun::system().status("idle0").unwrap().users(), 0);
+        vmtap::Tun::system().delete_persistent("idle0").unwrap();
         assert_eq!(interfaces(), before_ifs);
         drop(holder);
-        vmtap::delete_persistent("pmq0").unwrap();
+        vmtap::Tun::system().delete_persistent("pmq0").unwrap();
     });
 }

@@ -6,8 +6,7 @@ use std::os::fd::AsFd;
 
 use common::*;
 use vmtap::{
-    Error, Features, OpenOptions, PersistentOptions, TunFlags, VnetHdr, check_queues,
-    create_persistent, delete_persistent, inspect_fd, open_tap, tun_features,
+    Error, Features, OpenOptions, PersistentOptions, Tun, TunFlags, VnetHdr, open_tap, tun_features,
 };
 
 #[test]
@@ -61,7 +60,7 @@ fn one_device_with_n_queues_for_n_in_1_2_8_256() {
                 assert!(!info.persistent());
             }
             let fds: Vec<_> = tap.queues().iter().map(|q| q.as_fd()).collect();
-            assert_eq!(check_queues(&fds).unwrap().name, name);
+            assert_eq!(Tun::system().check_queues(&fds).unwrap().name, name);
             drop(fds);
             drop(tap);
             // The device is gone once the fds are dropped (asynchronously:
@@ -119,7 +118,7 @@ fn persistent_multi_queue_tap_with_owner_and_group() {
             owner: Some(4242),
             group: Some(4343),
         };
-        let info = create_persistent("pq0", &opts).unwrap();
+        let info = Tun::system().create_persistent("pq0", &opts).unwrap();
         wait_unused("pq0");
         assert!(info.persistent() && info.multi_queue() && info.vnet_hdr());
         assert_eq!(sysfs_read("pq0", "owner"), "4242");
@@ -175,20 +174,22 @@ fn persistent_multi_queue_tap_with_owner_and_group() {
         // fds go asynchronously (a sibling test's forked child may hold
         // copies until it execs).
         wait_unused("pq0");
-        delete_persistent("pq0").unwrap();
+        Tun::system().delete_persistent("pq0").unwrap();
         wait_gone("pq0");
 
-        create_persistent("ps0", &PersistentOptions::default()).unwrap();
+        Tun::system()
+            .create_persistent("ps0", &PersistentOptions::default())
+            .unwrap();
         wait_unused("ps0");
         assert!(!ip_details("ps0").contains("multi_queue"));
-        delete_persistent("ps0").unwrap();
+        Tun::system().delete_persistent("ps0").unwrap();
         assert_eq!(interfaces(), vec!["lo"]);
 
         veth("ve0", "ve1");
-        let err = delete_persistent("ve0").unwrap_err();
+        let err = Tun::system().delete_persistent("ve0").unwrap_err();
         assert_eq!(err.to_string(), "\"ve0\" exists but is not a TAP device");
         assert!(exists("ve0"));
-        let err = delete_persistent("nope0").unwrap_err();
+        let err = Tun::system().delete_persistent("nope0").unwrap_err();
         assert!(matches!(err, Error::NoSuchInterface { .. }));
         assert!(!exists("nope0"), "delete never creates");
     });
@@ -198,7 +199,7 @@ fn persistent_multi_queue_tap_with_owner_and_group() {
 fn deleting_a_tap_in_use_that_is_not_persistent_is_refused() {
     in_netns(|| {
         let tap = OpenOptions::new().name("busy0").queues(2).open().unwrap();
-        let err = delete_persistent("busy0").unwrap_err();
+        let err = Tun::system().delete_persistent("busy0").unwrap_err();
         assert!(matches!(err, Error::NotPersistent(_)), "{err}");
         assert_eq!(sysfs_tx_queues("busy0"), 2);
         drop(tap);
@@ -278,19 +279,19 @@ fn offloads_and_vnet_header_size() {
 #[test]
 fn inspecting_fds_that_are_not_taps_is_a_clear_error() {
     let file = std::fs::File::open("/proc/self/status").unwrap();
-    let err = inspect_fd(file.as_fd()).unwrap_err();
+    let err = Tun::system().inspect_fd(file.as_fd()).unwrap_err();
     assert!(
         err.to_string().contains("not an fd of /dev/net/tun"),
         "{err}"
     );
     let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
-    assert!(inspect_fd(sock.as_fd()).is_err());
+    assert!(Tun::system().inspect_fd(sock.as_fd()).is_err());
     let unbound = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")
         .unwrap();
-    let err = inspect_fd(unbound.as_fd()).unwrap_err();
+    let err = Tun::system().inspect_fd(unbound.as_fd()).unwrap_err();
     assert!(err.to_string().contains("not bound"), "{err}");
 }
 
@@ -325,11 +326,13 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
         );
         let mut console = Console::new(monitor.0.stdout.take().unwrap(), None);
         wait_until("ip monitor listens", 30, || {
-            create_persistent("mark0", &PersistentOptions::default()).unwrap();
+            Tun::system()
+                .create_persistent("mark0", &PersistentOptions::default())
+                .unwrap();
             wait_unused("mark0");
             let seen =
                 console.wait_within("mark0", |_| true, std::time::Duration::from_millis(300));
-            delete_persistent("mark0").unwrap();
+            Tun::system().delete_persistent("mark0").unwrap();
             seen.is_some()
         });
         // Threads started here share this thread's network namespace. One
@@ -367,10 +370,10 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
                         // an earlier attach made by accident goes once the
                         // children forked meanwhile let go of its fd.)
                         wait_until(&format!("{vanishing} is gone"), 30, || {
-                            vmtap::tap_status(&vanishing).is_err()
+                            vmtap::Tun::system().status(&vanishing).is_err()
                         });
-                        create_persistent(&vanishing, &mq).unwrap();
-                        let index = vmtap::tap_status(&vanishing).unwrap().index;
+                        Tun::system().create_persistent(&vanishing, &mq).unwrap();
+                        let index = vmtap::Tun::system().status(&vanishing).unwrap().index;
                         let deleter = std::thread::spawn(move || {
                             vmtap::sys::rtnl::Netlink::open()
                                 .unwrap()
@@ -407,7 +410,9 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
         // Whatever an attach created by accident went with its fds (once
         // the forked children that held copies had exec'd).
         wait_until("only lo is left", 30, || interfaces() == vec!["lo"]);
-        create_persistent("mark1", &PersistentOptions::default()).unwrap();
+        Tun::system()
+            .create_persistent("mark1", &PersistentOptions::default())
+            .unwrap();
         console.wait_for("mark1", |_| true);
         drop(monitor);
         let ghosts: Vec<&String> = console.log.iter().filter(|l| l.contains(": gh")).collect();
@@ -422,14 +427,15 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
 fn racing_attaches_never_share_a_tap() {
     use std::time::Instant;
     in_netns(|| {
-        create_persistent(
-            "sh0",
-            &PersistentOptions {
-                multi_queue: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        Tun::system()
+            .create_persistent(
+                "sh0",
+                &PersistentOptions {
+                    multi_queue: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         // Each thread attaches 2 queues over and over; while one holds the
         // tap no other attach may succeed (the look-up refuses a tap in
         // use, and a count after binding catches one that raced in).
@@ -473,7 +479,7 @@ fn racing_attaches_never_share_a_tap() {
             assert!(pair[0].1 <= pair[1].0, "two attaches held sh0 at once");
         }
         wait_unused("sh0");
-        delete_persistent("sh0").unwrap();
+        Tun::system().delete_persistent("sh0").unwrap();
     });
 }
 
@@ -484,10 +490,14 @@ fn an_exhausted_template_says_so() {
         // "x100" would be cut to "x10", which is taken: 100 names in all.
         let template = "abcdefghijklm%d";
         for i in 0..100 {
-            let info = create_persistent(template, &PersistentOptions::default()).unwrap();
+            let info = Tun::system()
+                .create_persistent(template, &PersistentOptions::default())
+                .unwrap();
             assert_eq!(info.name, format!("abcdefghijklm{i}"));
         }
-        let err = create_persistent(template, &PersistentOptions::default()).unwrap_err();
+        let err = Tun::system()
+            .create_persistent(template, &PersistentOptions::default())
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "cannot create tap \"abcdefghijklm%d\" (queue 0): every name this template gives (cut to 15 bytes) is taken"

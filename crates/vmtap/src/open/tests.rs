@@ -5,18 +5,32 @@ use std::sync::Arc;
 
 use super::*;
 use crate::fake::{FakeDevice, FakeKernel, Op};
+use crate::names::{DevicePaths, TUN_PATH, VHOST_NET_PATH};
 use crate::sys::Offloads;
-use crate::tap::{
-    PersistentOptions, check_queues_with, create_persistent_with, delete_persistent_with,
-    inspect_fd_status_with, tap_status_with,
-};
+use crate::tap::PersistentOptions;
 
 fn fake() -> Arc<FakeKernel> {
     Arc::new(FakeKernel::new())
 }
 
+/// The context of a fake kernel, with the default paths.
+fn ktun(k: &Arc<FakeKernel>) -> Tun {
+    Tun::with(k.clone(), DevicePaths::default())
+}
+
+/// The context of a fake kernel, with another vhost-net path.
+fn ktun_vhost(k: &Arc<FakeKernel>, vhost_net: &str) -> Tun {
+    Tun::with(
+        k.clone(),
+        DevicePaths {
+            vhost_net: vhost_net.into(),
+            ..DevicePaths::default()
+        },
+    )
+}
+
 fn open(k: &Arc<FakeKernel>, opts: &OpenOptions) -> Result<Tap> {
-    open_tap_with(k.clone(), opts)
+    ktun(k).open(opts)
 }
 
 fn no_mq_features() -> u32 {
@@ -36,7 +50,7 @@ fn features_ioctl_is_asked_with_a_zero_argument_and_returns_flags_unchanged() {
         let k = Arc::new(FakeKernel::with_features(Some(value)));
         let fd = k.open_device(Path::new(TUN_PATH)).unwrap();
         assert_eq!(
-            tun_features_with(&*k, fd.as_fd()).map(|f| f.bits()),
+            ktun(&k).features_of(fd.as_fd()).map(|f| f.bits()),
             Some(value)
         );
         assert_eq!(k.features_args_seen(), vec![0]);
@@ -46,9 +60,9 @@ fn features_ioctl_is_asked_with_a_zero_argument_and_returns_flags_unchanged() {
 
 #[test]
 fn features_are_none_when_the_ioctl_fails() {
-    let k = FakeKernel::with_features(None);
+    let k = Arc::new(FakeKernel::with_features(None));
     let fd = k.open_device(Path::new(TUN_PATH)).unwrap();
-    assert_eq!(tun_features_with(&k, fd.as_fd()), None);
+    assert_eq!(ktun(&k).features_of(fd.as_fd()), None);
 }
 
 #[test]
@@ -73,10 +87,10 @@ fn probes_answer_per_flag() {
         ),
     ];
     for (features, vnet, mq) in cases {
-        let k = FakeKernel::with_features(features);
+        let k = Arc::new(FakeKernel::with_features(features));
         let fd = k.open_device(Path::new(TUN_PATH)).unwrap();
-        assert_eq!(probe_vnet_hdr_with(&k, fd.as_fd()), vnet, "{features:?}");
-        assert_eq!(probe_multi_queue_with(&k, fd.as_fd()), mq, "{features:?}");
+        assert_eq!(ktun(&k).probe_vnet_hdr(fd.as_fd()), vnet, "{features:?}");
+        assert_eq!(ktun(&k).probe_multi_queue(fd.as_fd()), mq, "{features:?}");
         // Both probes asked the fd they were given, through TUNGETFEATURES.
         let asked: Vec<_> = k.calls().into_iter().map(|c| c.op).collect();
         assert_eq!(asked, vec![Op::Open, Op::GetFeatures, Op::GetFeatures]);
@@ -251,14 +265,9 @@ fn several_queues_without_kernel_multi_queue_is_a_clear_error() {
 fn vhost_opens_one_fd_per_queue_from_the_given_path() {
     let k = fake();
     k.add_vhost_net("/x/vhost");
-    let tap = open(
-        &k,
-        &OpenOptions::new()
-            .queues(3)
-            .vhost(true)
-            .vhost_path("/x/vhost"),
-    )
-    .unwrap();
+    let tap = ktun_vhost(&k, "/x/vhost")
+        .open(&OpenOptions::new().queues(3).vhost(true))
+        .unwrap();
     assert_eq!(tap.vhost_fds().len(), 3);
     let opened: Vec<_> = k
         .calls()
@@ -445,28 +454,29 @@ fn check_queues_refuses_mixed_devices() {
     let a = open(&k, &OpenOptions::new().queues(2)).unwrap();
     let b = open(&k, &OpenOptions::new().queues(2)).unwrap();
     let fds = [a.queues()[0].as_fd(), b.queues()[1].as_fd()];
-    let err = check_queues_with(&*k, &fds).unwrap_err();
+    let err = ktun(&k).check_queues(&fds).unwrap_err();
     assert!(err.to_string().contains("is bound to \"tap0\""), "{err}");
     let single = open(&k, &OpenOptions::new()).unwrap();
     let unbound = k.open_device(Path::new(TUN_PATH)).unwrap();
-    let err = check_queues_with(&*k, &[single.queues()[0].as_fd(), unbound.as_fd()]).unwrap_err();
+    let err = ktun(&k)
+        .check_queues(&[single.queues()[0].as_fd(), unbound.as_fd()])
+        .unwrap_err();
     assert!(err.to_string().contains("not multi-queue"), "{err}");
-    let err = check_queues_with(&*k, &[unbound.as_fd()]).unwrap_err();
+    let err = ktun(&k).check_queues(&[unbound.as_fd()]).unwrap_err();
     assert!(err.to_string().contains("not bound"), "{err}");
-    assert!(check_queues_with(&*k, &[]).is_err());
+    assert!(ktun(&k).check_queues(&[]).is_err());
 }
 
 #[test]
 fn persistent_create_and_delete() {
     let k = fake();
-    let tun = Path::new(TUN_PATH);
     let opts = PersistentOptions {
         multi_queue: true,
         vnet_hdr: true,
         owner: Some(1000),
         group: Some(100),
     };
-    let info = create_persistent_with(&*k, tun, "p%d", &opts).unwrap();
+    let info = ktun(&k).create_persistent("p%d", &opts).unwrap();
     assert_eq!(info.name, "p0");
     assert!(info.persistent() && info.multi_queue() && info.vnet_hdr());
     assert_eq!(k.open_fds(), 0);
@@ -477,21 +487,23 @@ fn persistent_create_and_delete() {
     );
 
     // Creating it again is refused.
-    let err = create_persistent_with(&*k, tun, "p0", &opts).unwrap_err();
+    let err = ktun(&k).create_persistent("p0", &opts).unwrap_err();
     assert_eq!(err.errno(), Some(libc::EBUSY));
 
-    delete_persistent_with(&*k, "p0").unwrap();
+    ktun(&k).delete_persistent("p0").unwrap();
     assert!(k.devices().is_empty());
     assert_eq!(k.open_fds(), 0);
 
-    create_persistent_with(&*k, tun, "s0", &PersistentOptions::default()).unwrap();
-    delete_persistent_with(&*k, "s0").unwrap();
+    ktun(&k)
+        .create_persistent("s0", &PersistentOptions::default())
+        .unwrap();
+    ktun(&k).delete_persistent("s0").unwrap();
     assert!(k.devices().is_empty());
 
     k.add_other_interface("veth0");
-    let err = delete_persistent_with(&*k, "veth0").unwrap_err();
+    let err = ktun(&k).delete_persistent("veth0").unwrap_err();
     assert_eq!(err.to_string(), "\"veth0\" exists but is not a TAP device");
-    let err = delete_persistent_with(&*k, "nope").unwrap_err();
+    let err = ktun(&k).delete_persistent("nope").unwrap_err();
     assert!(matches!(err, Error::NoSuchInterface { .. }));
     assert_eq!(err.to_string(), "no interface named \"nope\" to delete");
     assert_eq!(k.open_fds(), 0);
@@ -507,7 +519,7 @@ fn persistent_create_failing_midway_leaves_nothing() {
             group: Some(2),
             ..PersistentOptions::default()
         };
-        assert!(create_persistent_with(&*k, Path::new(TUN_PATH), "p0", &opts).is_err());
+        assert!(ktun(&k).create_persistent("p0", &opts).is_err());
         assert!(k.devices().is_empty(), "{op:?} left a device");
         assert_eq!(k.open_fds(), 0);
     }
@@ -726,13 +738,14 @@ fn every_failure_of_an_attach_leaves_the_tap_as_it_was() {
 #[test]
 fn delete_checks_over_netlink_and_never_binds() {
     let k = fake();
-    let tun = Path::new(TUN_PATH);
     let mq = PersistentOptions {
         multi_queue: true,
         ..PersistentOptions::default()
     };
-    create_persistent_with(&*k, tun, "m0", &mq).unwrap();
-    create_persistent_with(&*k, tun, "s0", &PersistentOptions::default()).unwrap();
+    ktun(&k).create_persistent("m0", &mq).unwrap();
+    ktun(&k)
+        .create_persistent("s0", &PersistentOptions::default())
+        .unwrap();
     let calls_before = k.calls().len();
 
     // In use: multi-queue (counted by the kernel, detached queues too) and
@@ -748,7 +761,7 @@ fn delete_checks_over_netlink_and_never_binds() {
     m.queues()[1].detach().unwrap();
     let s = open(&k, &OpenOptions::new().name("s0").attach_existing(true)).unwrap();
     for (name, users) in [("m0", 2), ("s0", 1)] {
-        let err = delete_persistent_with(&*k, name).unwrap_err();
+        let err = ktun(&k).delete_persistent(name).unwrap_err();
         assert!(
             matches!(&err, Error::InUse { queues, .. } if *queues == users),
             "{err}"
@@ -758,9 +771,9 @@ fn delete_checks_over_netlink_and_never_binds() {
     drop((m, s));
     let tail: Vec<Op> = k.calls()[calls_before..].iter().map(|c| c.op).collect();
     for name in ["m0", "s0"] {
-        assert_eq!(tap_status_with(&*k, name).unwrap().queues, 0);
+        assert_eq!(ktun(&k).status(name).unwrap().queues, 0);
         let before = k.calls().len();
-        delete_persistent_with(&*k, name).unwrap();
+        ktun(&k).delete_persistent(name).unwrap();
         let ops: Vec<Op> = k.calls()[before..].iter().map(|c| c.op).collect();
         assert_eq!(ops, vec![Op::LinkState, Op::DeleteLink], "{name}");
     }
@@ -769,7 +782,7 @@ fn delete_checks_over_netlink_and_never_binds() {
 
     // A tap that lives only while its fds are open is not deleted.
     let t = open(&k, &OpenOptions::new().name("t0")).unwrap();
-    let err = delete_persistent_with(&*k, "t0").unwrap_err();
+    let err = ktun(&k).delete_persistent("t0").unwrap_err();
     assert!(matches!(err, Error::NotPersistent(_)), "{err}");
     drop(t);
 }
@@ -777,42 +790,35 @@ fn delete_checks_over_netlink_and_never_binds() {
 #[test]
 fn a_delete_that_loses_a_race_says_no_such_interface() {
     let k = fake();
-    create_persistent_with(
-        &*k,
-        Path::new(TUN_PATH),
-        "dd",
-        &PersistentOptions::default(),
-    )
-    .unwrap();
+    ktun(&k)
+        .create_persistent("dd", &PersistentOptions::default())
+        .unwrap();
     k.fail_op(Op::DeleteLink, 0, libc::ENODEV);
-    let err = delete_persistent_with(&*k, "dd").unwrap_err();
+    let err = ktun(&k).delete_persistent("dd").unwrap_err();
     assert_eq!(err.to_string(), "no interface named \"dd\" to delete");
     k.fail_op(Op::DeleteLink, 1, libc::EPERM);
-    let err = delete_persistent_with(&*k, "dd").unwrap_err();
+    let err = ktun(&k).delete_persistent("dd").unwrap_err();
     assert!(
         err.to_string().starts_with("deleting \"dd\" over netlink"),
         "{err}"
     );
-    delete_persistent_with(&*k, "dd").unwrap();
+    ktun(&k).delete_persistent("dd").unwrap();
 }
 
 #[test]
 fn vhost_paths_must_be_vhost_net_devices() {
     let k = fake();
-    let err = open(
-        &k,
-        &OpenOptions::new()
-            .queues(2)
-            .vhost(true)
-            .vhost_path("/dev/null"),
-    )
-    .unwrap_err();
+    let err = ktun_vhost(&k, "/dev/null")
+        .open(&OpenOptions::new().queues(2).vhost(true))
+        .unwrap_err();
     assert!(matches!(err, Error::NotVhostNet { .. }), "{err}");
     assert_eq!(
         err.to_string(),
         "/dev/null is not a vhost-net device: it is not a character device"
     );
-    let err = open(&k, &OpenOptions::new().vhost(true).vhost_path(TUN_PATH)).unwrap_err();
+    let err = ktun_vhost(&k, TUN_PATH)
+        .open(&OpenOptions::new().vhost(true))
+        .unwrap_err();
     assert!(
         err.to_string()
             .ends_with("it is character device 10:200, not vhost-net's 10:238"),
@@ -830,19 +836,21 @@ fn inspecting_fds_says_what_they_are() {
     let k = fake();
     let tap = open(&k, &OpenOptions::new().name("mq0").queues(2)).unwrap();
     tap.queues()[0].detach().unwrap();
-    let st = inspect_fd_status_with(&*k, tap.queues()[1].as_fd()).unwrap();
+    let st = ktun(&k).inspect_fd_status(tap.queues()[1].as_fd()).unwrap();
     assert_eq!(st.in_this_netns, Some(true));
     let status = st.status.unwrap();
     assert_eq!((status.queues, status.disabled_queues), (1, 1));
 
     let single = open(&k, &OpenOptions::new().name("sq0")).unwrap();
-    let st = inspect_fd_status_with(&*k, single.queues()[0].as_fd()).unwrap();
+    let st = ktun(&k)
+        .inspect_fd_status(single.queues()[0].as_fd())
+        .unwrap();
     assert_eq!(st.status.unwrap().queues, 1);
 
     let tun = k.open_device(Path::new(TUN_PATH)).unwrap();
     k.tun_set_iff(tun.as_fd(), "tun0", TunFlags::TUN | TunFlags::NO_PI)
         .unwrap();
-    let err = inspect_fd_status_with(&*k, tun.as_fd()).unwrap_err();
+    let err = ktun(&k).inspect_fd_status(tun.as_fd()).unwrap_err();
     assert!(matches!(err, Error::FdIsTun { .. }), "{err}");
     assert!(
         err.to_string()

@@ -1,0 +1,75 @@
+//! Interface names and device paths: the rules both the tap model and the
+//! open policy use.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, NameProblem, Result};
+use crate::sys::IFNAME_MAX;
+
+/// The TUN/TAP clone device.
+pub const TUN_PATH: &str = "/dev/net/tun";
+/// The vhost-net device.
+pub const VHOST_NET_PATH: &str = "/dev/vhost-net";
+/// The kernel's limit on queues per tap (`MAX_TAP_QUEUES`).
+pub const MAX_QUEUES: usize = 256;
+
+/// The device nodes vmtap opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePaths {
+    /// The TUN/TAP clone device (default `/dev/net/tun`).
+    pub tun: PathBuf,
+    /// The vhost-net device (default `/dev/vhost-net`).
+    pub vhost_net: PathBuf,
+}
+
+impl Default for DevicePaths {
+    fn default() -> Self {
+        Self {
+            tun: TUN_PATH.into(),
+            vhost_net: VHOST_NET_PATH.into(),
+        }
+    }
+}
+
+/// Checks an interface name against the kernel's rules before any syscall:
+/// 1 to 15 bytes, not `.` or `..`, no `/`, `:`, NUL or byte the kernel's
+/// `isspace()` counts as a space (tab, newline, vertical tab, form feed,
+/// carriage return, space, and 0xA0, which is inside UTF-8 characters such
+/// as `à`), and at most one `%`, only as `%d` (a template; refused when
+/// `allow_template` is false). The kernel would cut a long name silently;
+/// we refuse it. A name accepted here is created by the kernel exactly as
+/// it is (the property tests check this against the kernel).
+pub fn validate_name(name: &str, allow_template: bool) -> Result<()> {
+    let kernel_space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0);
+    let problem = if name.is_empty() {
+        Some(NameProblem::Empty)
+    } else if name.len() > IFNAME_MAX {
+        Some(NameProblem::TooLong(name.len()))
+    } else if name == "." || name == ".." {
+        Some(NameProblem::Dot)
+    } else if let Some(c) = name.chars().find(|c| matches!(c, '/' | ':')) {
+        Some(NameProblem::Forbidden(c))
+    } else if name.contains('\0') {
+        Some(NameProblem::Nul)
+    } else if name.bytes().any(|b| b.is_ascii() && kernel_space(b)) {
+        Some(NameProblem::Whitespace)
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| c.to_string().bytes().any(kernel_space))
+    {
+        Some(NameProblem::SpaceByte(c))
+    } else if name.matches('%').count() > 1 || (name.contains('%') && !name.contains("%d")) {
+        Some(NameProblem::Percent)
+    } else if name.contains("%d") && !allow_template {
+        Some(NameProblem::Template)
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::InvalidName {
+            name: name.to_string(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
