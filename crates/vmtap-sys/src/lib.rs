@@ -322,38 +322,6 @@ pub fn vhost_get_features(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(features)
 }
 
-/// The index of interface `name` in the caller's network namespace, or
-/// `None` when no such interface exists.
-pub fn interface_index(name: &str) -> io::Result<Option<u32>> {
-    let Ok(cname) = CString::new(name) else {
-        return Ok(None);
-    };
-    // SAFETY: `cname` is a valid NUL-terminated string for the whole call.
-    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if index != 0 {
-        return Ok(Some(index));
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
-        _ => Err(err),
-    }
-}
-
-/// Sets or clears close-on-exec on `fd`.
-pub fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
-    // SAFETY: F_GETFD takes no argument and only reads the fd's flags.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-    check(flags)?;
-    let flags = if cloexec {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
-    // SAFETY: F_SETFD takes an int by value.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) })
-}
-
 /// Takes a duplicate (close-on-exec) of fd number `raw`, which this process
 /// inherited from its parent, as an owned fd. Fails with `EBADF` when no such
 /// fd is open; the original is left as it is.

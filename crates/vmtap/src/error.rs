@@ -5,6 +5,8 @@
 //! [`std::error::Error::source`].
 
 use std::io;
+
+use crate::sys::TunFlags;
 use std::path::PathBuf;
 
 /// Why an interface name was refused (checked before any syscall).
@@ -50,6 +52,102 @@ impl std::fmt::Display for NameProblem {
             Self::Nul => write!(f, "contains a NUL byte"),
             Self::Percent => write!(f, "has a '%' that is not a single \"%d\" template"),
             Self::Template => write!(f, "is a \"%d\" template where an exact name is needed"),
+        }
+    }
+}
+
+/// How an existing tap differs from what was asked (attaching never
+/// changes a tap, so any difference is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Difference {
+    /// The tap is multi-queue (`tap: true`) but one queue was asked, or
+    /// the other way round.
+    MultiQueue {
+        /// Whether the tap is multi-queue.
+        tap: bool,
+    },
+    /// `vnet_hdr` on or off was asked and the tap has the other.
+    VnetHdr {
+        /// Whether the tap has a virtio-net header.
+        tap: bool,
+    },
+    /// The tap sends packet-information headers (no `IFF_NO_PI`), which
+    /// QEMU cannot use.
+    PacketInfo,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MultiQueue { tap: true } => f.write_str(
+                "its multi-queue setting differs (the tap is multi-queue, 1 queue was asked)",
+            ),
+            Self::MultiQueue { tap: false } => f.write_str(
+                "its multi-queue setting differs (the tap is single-queue, more than 1 queue was asked)",
+            ),
+            Self::VnetHdr { tap: true } => f.write_str("vnet_hdr is on but off was asked"),
+            Self::VnetHdr { tap: false } => f.write_str("vnet_hdr is off but on was asked"),
+            Self::PacketInfo => f.write_str(
+                "it has packet-information headers (pi on); QEMU needs a tap without them",
+            ),
+        }
+    }
+}
+
+/// Why a set of fds is not one tap with consistent flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueProblem {
+    /// No fds were given.
+    NoFds,
+    /// The device is a TUN (layer 3), not a TAP.
+    Tun {
+        /// The device.
+        ifname: String,
+    },
+    /// Several fds of a single-queue device.
+    NotMultiQueue {
+        /// The device.
+        ifname: String,
+        /// How many fds were given.
+        fds: usize,
+    },
+    /// Two fds are bound to different devices.
+    OtherDevice {
+        /// The first fd and its device.
+        first: (i32, String),
+        /// The other fd and its device.
+        other: (i32, String),
+    },
+    /// Two fds of one device report different flags.
+    OtherFlags {
+        /// The first fd and its flags.
+        first: (i32, TunFlags),
+        /// The other fd and its flags.
+        other: (i32, TunFlags),
+    },
+}
+
+impl std::fmt::Display for QueueProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoFds => f.write_str("no fds were given"),
+            Self::Tun { ifname } => write!(f, "\"{ifname}\" is a TUN device, not a TAP"),
+            Self::NotMultiQueue { ifname, fds } => {
+                write!(
+                    f,
+                    "{fds} fds were given but \"{ifname}\" is not multi-queue"
+                )
+            }
+            Self::OtherDevice { first, other } => write!(
+                f,
+                "fd {} is bound to \"{}\" but fd {} to \"{}\"",
+                first.0, first.1, other.0, other.1
+            ),
+            Self::OtherFlags { first, other } => write!(
+                f,
+                "fd {} has flags {:?} but fd {} has {:?}",
+                first.0, first.1, other.0, other.1
+            ),
         }
     }
 }
@@ -100,9 +198,12 @@ pub enum Error {
     /// The queue count is outside 1..=256.
     #[error("invalid queue count {0}: must be 1 to 256 (the kernel's MAX_TAP_QUEUES)")]
     InvalidQueues(usize),
-    /// Some other argument is invalid (nothing was touched).
-    #[error("{0}")]
-    InvalidArgument(String),
+    /// `vnet_hdr` must be `auto`, `on` or `off`.
+    #[error("vnet_hdr must be auto, on or off, not {0:?}")]
+    InvalidVnetHdr(String),
+    /// Attaching to an existing tap needs its name.
+    #[error("attaching to an existing tap needs its name")]
+    AttachNeedsName,
     /// A device node could not be opened.
     #[error("cannot open {path}: {cause}", path = path.display())]
     OpenDevice {
@@ -162,12 +263,12 @@ pub enum Error {
     },
     /// An existing tap's settings differ from what was asked (nothing was
     /// attached or changed).
-    #[error("tap \"{ifname}\" exists with different settings: {detail}")]
+    #[error("tap \"{ifname}\" exists with different settings: {difference}")]
     Mismatch {
         /// The interface.
         ifname: String,
         /// What differs.
-        detail: String,
+        difference: Difference,
     },
     /// The named interface exists but is not a TAP device.
     #[error("\"{0}\" exists but is not a TAP device")]
@@ -240,7 +341,7 @@ pub enum Error {
     },
     /// A set of fds does not form one device with consistent flags.
     #[error("the fds do not belong to one tap with consistent flags: {0}")]
-    InconsistentQueues(String),
+    InconsistentQueues(QueueProblem),
 }
 
 impl Error {
@@ -249,7 +350,10 @@ impl Error {
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
-            Self::InvalidName { .. } | Self::InvalidQueues(_) | Self::InvalidArgument(_)
+            Self::InvalidName { .. }
+                | Self::InvalidQueues(_)
+                | Self::InvalidVnetHdr(_)
+                | Self::AttachNeedsName
         )
     }
 

@@ -10,6 +10,8 @@
 //!   `fake`) a scriptable fake.
 //! - [`tap`]: the model (queues, inspection, persistent taps, offloads).
 //! - [`open`]: the policy (probe, decide flags, open N queues, roll back).
+//! - [`tun`]: [`Tun`], the context every operation runs in (the kernel or
+//!   a fake, and the device paths); [`names`]: name rules and paths.
 //!
 //! Beside the core, in their own crates: `vmtap-net` (host-side link
 //! set-up), `vmtap-qemu` (QEMU arguments, QMP, hot-plug) and the `vmtap`
@@ -40,7 +42,7 @@ pub mod tun;
 /// queries.
 pub use vmtap_sys as sys;
 
-pub use error::{Action, Error, NameProblem, Result};
+pub use error::{Action, Difference, Error, NameProblem, QueueProblem, Result};
 pub use names::{DevicePaths, MAX_QUEUES, TUN_PATH, VHOST_NET_PATH, validate_name};
 pub use open::{
     FeatureReport, Features, OpenOptions, VnetHdr, open_tap, probe_multi_queue, probe_vnet_hdr,

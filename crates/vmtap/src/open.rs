@@ -7,7 +7,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use crate::error::{Action, BindMode, Error, Result, explain_open};
+use crate::error::{Action, BindMode, Difference, Error, Result, explain_open};
 use crate::names::{MAX_QUEUES, validate_name};
 use crate::sys::TunFlags;
 use crate::sys::rtnl::{LinkState, TunLinkInfo};
@@ -154,9 +154,7 @@ impl std::str::FromStr for VnetHdr {
             "auto" => Ok(Self::Auto),
             "on" => Ok(Self::On),
             "off" => Ok(Self::Off),
-            _ => Err(Error::InvalidArgument(format!(
-                "vnet_hdr must be auto, on or off, not \"{s}\""
-            ))),
+            _ => Err(Error::InvalidVnetHdr(s.to_string())),
         }
     }
 }
@@ -242,9 +240,7 @@ impl OpenOptions {
         match &self.name {
             Some(name) => validate_name(name, !self.attach_existing)?,
             None if self.attach_existing => {
-                return Err(Error::InvalidArgument(
-                    "attaching to an existing tap needs its name".into(),
-                ));
+                return Err(Error::AttachNeedsName);
             }
             None => {}
         }
@@ -430,36 +426,25 @@ fn attach(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
 /// Refuses to attach when the tap's settings differ from the request:
 /// vmtap never changes an existing tap's flags.
 fn check_existing(ifname: &str, vnet: VnetHdr, multi_queue: bool, tun: &TunLinkInfo) -> Result<()> {
-    let mismatch = |detail: String| {
-        Err(Error::Mismatch {
-            ifname: ifname.to_string(),
-            detail,
+    let difference = if tun.multi_queue != multi_queue {
+        Some(Difference::MultiQueue {
+            tap: tun.multi_queue,
         })
+    } else if tun.pi {
+        Some(Difference::PacketInfo)
+    } else {
+        match vnet {
+            VnetHdr::On if !tun.vnet_hdr => Some(Difference::VnetHdr { tap: false }),
+            VnetHdr::Off if tun.vnet_hdr => Some(Difference::VnetHdr { tap: true }),
+            _ => None,
+        }
     };
-    if tun.multi_queue != multi_queue {
-        return mismatch(format!(
-            "its multi-queue setting differs (the tap is {}, {} was asked)",
-            if tun.multi_queue {
-                "multi-queue"
-            } else {
-                "single-queue"
-            },
-            if multi_queue {
-                "more than 1 queue"
-            } else {
-                "1 queue"
-            },
-        ));
-    }
-    if tun.pi {
-        return mismatch(
-            "it has packet-information headers (pi on); QEMU needs a tap without them".into(),
-        );
-    }
-    match vnet {
-        VnetHdr::On if !tun.vnet_hdr => mismatch("vnet_hdr is off but on was asked".into()),
-        VnetHdr::Off if tun.vnet_hdr => mismatch("vnet_hdr is on but off was asked".into()),
-        _ => Ok(()),
+    match difference {
+        Some(difference) => Err(Error::Mismatch {
+            ifname: ifname.to_string(),
+            difference,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The syscall seam: every kernel call the tap model and the policy make,
 //! as a trait with the real kernel behind it ([`Kernel`]) and a scriptable
-//! fake for tests ([`crate::fake::FakeKernel`]).
+//! fake for tests (`fake::FakeKernel`, with the `fake` feature).
 //!
 //! This is what Ganeti's `_ioctl=` and `_features_fn=` parameters were for,
 //! made a type.

@@ -5,7 +5,9 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::error::{Action, BindMode, Error, Result, explain_bind, explain_ioctl, explain_open};
+use crate::error::{
+    Action, BindMode, Error, QueueProblem, Result, explain_bind, explain_ioctl, explain_open,
+};
 use crate::names::validate_name;
 use crate::sys::rtnl::LinkState;
 use crate::sys::{Offloads, TunFlags};
@@ -226,7 +228,7 @@ impl Tap {
         let fds: Vec<BorrowedFd<'_>> = self.queues.iter().map(|q| q.as_fd()).collect();
         match self.queues.first() {
             Some(q) => q.tun.check_queues(&fds),
-            None => Err(Error::InconsistentQueues("no queues".into())),
+            None => Err(Error::InconsistentQueues(QueueProblem::NoFds)),
         }
     }
 }
@@ -262,42 +264,34 @@ impl Tun {
     /// vnet header; a stray fd would otherwise fail later in an obscure way.
     pub fn check_queues(&self, fds: &[BorrowedFd<'_>]) -> Result<TapInfo> {
         let Some((first, rest)) = fds.split_first() else {
-            return Err(Error::InconsistentQueues("no fds were given".into()));
+            return Err(Error::InconsistentQueues(QueueProblem::NoFds));
         };
         let info = self.inspect_fd(*first)?;
         if !info.is_tap() {
-            return Err(Error::InconsistentQueues(format!(
-                "\"{}\" is a TUN device, not a TAP",
-                info.name
-            )));
+            return Err(Error::InconsistentQueues(QueueProblem::Tun {
+                ifname: info.name,
+            }));
         }
         if !rest.is_empty() && !info.multi_queue() {
-            return Err(Error::InconsistentQueues(format!(
-                "{} fds were given but \"{}\" is not multi-queue",
-                fds.len(),
-                info.name
-            )));
+            return Err(Error::InconsistentQueues(QueueProblem::NotMultiQueue {
+                ifname: info.name,
+                fds: fds.len(),
+            }));
         }
         let key = TunFlags::TAP | TunFlags::MULTI_QUEUE | TunFlags::VNET_HDR | TunFlags::NO_PI;
         for fd in rest {
             let other = self.inspect_fd(*fd)?;
             if other.name != info.name {
-                return Err(Error::InconsistentQueues(format!(
-                    "fd {} is bound to \"{}\" but fd {} to \"{}\"",
-                    first.as_raw_fd(),
-                    info.name,
-                    fd.as_raw_fd(),
-                    other.name
-                )));
+                return Err(Error::InconsistentQueues(QueueProblem::OtherDevice {
+                    first: (first.as_raw_fd(), info.name),
+                    other: (fd.as_raw_fd(), other.name),
+                }));
             }
             if other.flags & key != info.flags & key {
-                return Err(Error::InconsistentQueues(format!(
-                    "fd {} has flags {:?} but fd {} has {:?}",
-                    first.as_raw_fd(),
-                    info.flags & key,
-                    fd.as_raw_fd(),
-                    other.flags & key
-                )));
+                return Err(Error::InconsistentQueues(QueueProblem::OtherFlags {
+                    first: (first.as_raw_fd(), info.flags & key),
+                    other: (fd.as_raw_fd(), other.flags & key),
+                }));
             }
         }
         Ok(info)
