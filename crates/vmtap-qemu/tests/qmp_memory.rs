@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 //! Memory held for a QMP peer is bounded by the limits, whatever it sends:
 //! an endless line or a flood of events is a clear error, and the worst
 //! lines within the limits (a `[0,0,...]` array, objects nested
@@ -10,8 +12,6 @@
 
 use vmtap_testkit::fakeqmp;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,55 +27,15 @@ fn kt(k: &std::sync::Arc<FakeKernel>) -> vmtap::Tun {
 use vmtap_net::LinkOptions;
 use vmtap_qemu::hotplug::{self, HotplugError, HotplugOptions, Monitor};
 use vmtap_qemu::qmp::{Deadline, Limits, Qmp, QmpError};
-
-struct Counting;
-
-thread_local! {
-    static NOW: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn add(delta: isize) {
-    let _ = NOW.try_with(|n| {
-        let v = n.get() + delta;
-        n.set(v);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
-    });
-}
-
-// SAFETY: forwards to the system allocator; only counts on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as isize);
-        // SAFETY: the caller's contract, unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        add(-(layout.size() as isize));
-        // SAFETY: the caller's contract, unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        add(new_size as isize - layout.size() as isize);
-        // SAFETY: the caller's contract, unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use vmtap_sys::counting_alloc::{CountingAlloc, thread_peak};
 
 #[global_allocator]
-static COUNTING: Counting = Counting;
+static COUNTING: CountingAlloc = CountingAlloc;
 
 /// Runs `f` on a new thread; returns its result and the most heap it held
 /// at once, above what it started with.
 fn peak<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> (T, isize) {
-    std::thread::spawn(move || {
-        let base = NOW.with(Cell::get);
-        PEAK.with(|p| p.set(base));
-        let r = f();
-        (r, PEAK.with(Cell::get) - base)
-    })
-    .join()
-    .unwrap()
+    thread_peak(f)
 }
 
 const LONG: Duration = Duration::from_secs(10);

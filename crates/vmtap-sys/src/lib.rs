@@ -17,6 +17,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use bitflags::bitflags;
 
+#[cfg(feature = "counting-alloc")]
+pub mod counting_alloc;
 pub mod rtnl;
 
 /// A MAC address as `ip` and sysfs print it: six lower-case hex bytes
