@@ -18,7 +18,6 @@
 //! runs in a private network and mount namespace with its own sysfs (the
 //! bench re-executes itself under `unshare`).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -100,41 +99,16 @@ fn run(cmd: &mut Command) -> (Duration, Duration) {
     )
 }
 
-fn enter_private_namespace() {
-    const MARK: &str = "VMTAP_BENCH_IN_NETNS";
-    if std::env::var_os(MARK).is_some() {
-        return;
-    }
-    let me = std::env::current_exe().unwrap();
-    let err = Command::new("unshare")
-        .args(["-n", "-m", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t sysfs sysfs /sys && exec \"$0\" \"$@\"")
-        .arg(me)
-        .args(std::env::args().skip(1))
-        .env(MARK, "1")
-        .exec();
-    panic!("run as root: unshare -n -m: {err}");
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    enter_private_namespace();
+    vmtap_testkit::reexec_in_private_namespace();
     let dir = std::env::temp_dir().join(format!("vmtap-bench-cmd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let minimal = build_c(&dir, "minimal", MINIMAL_C);
     let stamp = build_c(&dir, "stamp", STAMP_C);
-    let opts = PersistentOptions {
-        multi_queue: true,
-        vnet_hdr: true,
-        ..Default::default()
-    };
+    let opts = PersistentOptions::new().multi_queue(true).vnet_hdr(true);
     vmtap::Tun::system()
         .create_persistent("bq0", &opts)
         .unwrap();
@@ -175,8 +149,16 @@ fn main() {
         "vmtap open --queues {QUEUES} --attach-existing -- STAMP vs a minimal C program, {ROUNDS} rounds (medians)"
     );
     for (what, v, b) in [
-        ("time to exec", median(&mut ve), median(&mut be)),
-        ("whole process", median(&mut vw), median(&mut bw)),
+        (
+            "time to exec",
+            vmtap_testkit::median(&mut ve),
+            vmtap_testkit::median(&mut be),
+        ),
+        (
+            "whole process",
+            vmtap_testkit::median(&mut vw),
+            vmtap_testkit::median(&mut bw),
+        ),
     ] {
         println!(
             "{what:<14} minimal C {:>7.0}us   vmtap {:>7.0}us   ratio {:.3}",

@@ -19,9 +19,10 @@ use vmtap_testkit as common;
 
 use serde::de::IgnoredAny;
 use serde_json::json;
-use vmtap::{OpenOptions, Tap, sys};
+use vmtap::{OpenOptions, Tap};
 use vmtap_qemu::hotplug::{self, Monitor};
 use vmtap_qemu::qmp::Qmp;
+use vmtap_sys as sys;
 
 const ROUNDS: usize = 15;
 

@@ -7,16 +7,15 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use vmtap::{OpenOptions, PersistentOptions, Tun, VnetHdr};
+use vmtap::{OpenOptions, PersistentOptions, TapSummary, Tun, VnetHdr};
 use vmtap_net::{self as link, LinkError, LinkOptions, MacAddr};
-use vmtap_qemu::{hotplug, qmp};
+use vmtap_qemu::{hotplug, launch, qmp};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -300,6 +299,7 @@ impl CliError {
             Self::Link(e) if e.is_invalid_input() => 2,
             Self::Invalid(_) => 2,
             Self::Hotplug(e) if e.is_invalid_input() => 2,
+            Self::Launch(e) if e.is_invalid_input() => 2,
             _ => 1,
         }
     }
@@ -390,18 +390,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             group,
             paths,
         } => {
-            let opts = PersistentOptions {
-                multi_queue,
-                vnet_hdr,
-                owner: owner
-                    .as_deref()
-                    .map(|o| resolve_id(o, "user", vmtap::sys::user_id))
-                    .transpose()?,
-                group: group
-                    .as_deref()
-                    .map(|g| resolve_id(g, "group", vmtap::sys::group_id))
-                    .transpose()?,
-            };
+            let opts = PersistentOptions::new()
+                .multi_queue(multi_queue)
+                .vnet_hdr(vnet_hdr)
+                .owner(owner.as_deref().map(vmtap::owner_uid).transpose()?)
+                .group(group.as_deref().map(vmtap::owner_gid).transpose()?);
             let info = paths.tun().create_persistent(&name, &opts)?;
             log::debug!("created persistent tap {}", info.name);
             emit(&format!("{}\n", info.name))
@@ -420,23 +413,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
-}
-
-/// A numeric id, or a name looked up with `lookup` ("user" or "group").
-fn resolve_id(
-    s: &str,
-    kind: &str,
-    lookup: fn(&str) -> std::io::Result<Option<u32>>,
-) -> Result<u32, CliError> {
-    if let Ok(id) = s.parse() {
-        return Ok(id);
-    }
-    lookup(s)
-        .map_err(|source| CliError::Io {
-            what: format!("looking up {kind} \"{s}\""),
-            source,
-        })?
-        .ok_or_else(|| CliError::Invalid(format!("no {kind} named \"{s}\"")))
 }
 
 fn features(as_json: bool, paths: &DevicePaths) -> Result<(), CliError> {
@@ -477,37 +453,10 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
         ));
     };
     let opts = args.tap.options().attach_existing(args.attach_existing);
-    opts.validate()?;
-    hotplug::validate_id(&args.id)?;
-    let link_opts = LinkOptions {
-        mtu: args.mtu,
-        mac: args.mac,
-        bridge: args.bridge.clone(),
-        up: args.up,
-    };
-    // The bridge is checked before a tap exists.
-    link_opts.check()?;
-
-    let tap = args.tap.paths.tun().open(&opts)?;
-    log::debug!(
-        "opened {} with {} queue(s), flags {:?}",
-        tap.name(),
-        tap.queues().len(),
-        tap.flags()
-    );
-    // A failed step undoes the ones before it inside configure().
-    let changes = link::configure(tap.name(), &link_opts)?;
-    let err = vmtap_qemu::launch::exec_with_tap(tap, &args.id, program, program_args);
-    // Only a failure gets here. A new tap vanishes with its fds; a tap
-    // that was attached to outlives vmtap, so its settings are put back.
-    if args.attach_existing {
-        if let Err(e) = changes.undo() {
-            log::warn!("{e}");
-        }
-    } else {
-        changes.keep();
-    }
-    Err(err.into())
+    let mut link_opts = LinkOptions::new().mtu(args.mtu).mac(args.mac).up(args.up);
+    link_opts.bridge = args.bridge.clone();
+    let tun = args.tap.paths.tun();
+    Err(launch::open_and_exec(&tun, &opts, &link_opts, &args.id, program, program_args).into())
 }
 
 /// The longest `--timeout` or `--rollback-timeout` accepted: a day.
@@ -526,18 +475,13 @@ fn seconds(option: &str, s: f64) -> Result<std::time::Duration, CliError> {
 }
 
 fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
-    let opts = hotplug::HotplugOptions {
-        id: args.id.clone(),
-        open: args.tap.options(),
-        link: LinkOptions {
-            mtu: None,
-            mac: None,
-            bridge: args.bridge.clone(),
-            up: args.up,
-        },
-        driver: args.driver.clone(),
-        mac: args.mac,
-    };
+    let mut link = LinkOptions::new().up(args.up);
+    link.bridge = args.bridge.clone();
+    let opts = hotplug::HotplugOptions::new(&args.id)
+        .open(args.tap.options())
+        .link(link)
+        .driver(&args.driver)
+        .mac(args.mac);
     // Invalid input is refused before anything is opened or connected.
     hotplug::validate_id(&opts.id)?;
     opts.open.validate()?;
@@ -566,53 +510,22 @@ fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
 }
 
 fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), CliError> {
-    let (status, this_netns, info) = match (name, fd) {
-        (_, Some(n)) => {
-            let dup = vmtap::sys::dup_inherited_fd(n).map_err(|source| CliError::Io {
-                what: format!("fd {n} is not open"),
-                source,
-            })?;
-            let st = Tun::system()
-                .inspect_fd_status(dup.as_fd())
-                .map_err(|e| match e {
-                    vmtap::Error::NotATapFd { cause, source, .. } => vmtap::Error::NotATapFd {
-                        fd: n,
-                        cause,
-                        source,
-                    },
-                    vmtap::Error::FdIsTun { ifname, .. } => vmtap::Error::FdIsTun { fd: n, ifname },
-                    other => other,
-                })?;
-            (st.status, st.in_this_netns, Some(st.info))
-        }
-        (Some(name), None) => (Some(Tun::system().status(&name)?), Some(true), None),
+    let tun = Tun::system();
+    let t = match (name, fd) {
+        (_, Some(n)) => tun.inspect_inherited_fd(n)?.summary(),
+        (Some(name), None) => TapSummary::from(&tun.status(&name)?),
         (None, None) => return Err(CliError::Invalid("inspect needs NAME or --fd N".into())),
     };
-    // From the fd when its device is elsewhere: what TUNGETIFF tells.
-    let out = match (&status, &info) {
-        (Some(t), _) => json!({
-            "ifname": t.name,
-            "this_netns": this_netns,
-            "persistent": t.persistent,
-            "owner": t.owner,
-            "group": t.group,
-            "multi_queue": t.multi_queue,
-            "vnet_hdr": t.vnet_hdr,
-            "queues": t.queues,
-            "disabled_queues": t.disabled_queues,
-        }),
-        (None, Some(i)) => json!({
-            "ifname": i.name,
-            "this_netns": this_netns,
-            "persistent": i.persistent(),
-            "owner": null,
-            "group": null,
-            "multi_queue": i.multi_queue(),
-            "vnet_hdr": i.vnet_hdr(),
-            "queues": if i.multi_queue() { json!(null) } else { json!(1) },
-            "disabled_queues": null,
-        }),
-        (None, None) => unreachable!("a name gives a status"),
-    };
+    let out = json!({
+        "ifname": t.ifname,
+        "this_netns": t.this_netns,
+        "persistent": t.persistent,
+        "owner": t.owner,
+        "group": t.group,
+        "multi_queue": t.multi_queue,
+        "vnet_hdr": t.vnet_hdr,
+        "queues": t.queues,
+        "disabled_queues": t.disabled_queues,
+    });
     print_object(&out, as_json)
 }

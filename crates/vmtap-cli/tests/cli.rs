@@ -814,7 +814,7 @@ fn inspect_counts_single_queue_users_and_tells_tun_and_foreign_fds_apart() {
             .write(true)
             .open("/dev/net/tun")
             .unwrap();
-        vmtap::sys::tun_set_iff(
+        vmtap_sys::tun_set_iff(
             std::os::fd::AsFd::as_fd(&tun),
             "tn0",
             vmtap::TunFlags::TUN | vmtap::TunFlags::NO_PI,

@@ -18,7 +18,8 @@ use std::process::Command;
 use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
-use vmtap::{TunFlags, sys, validate_name};
+use vmtap::{TunFlags, validate_name};
+use vmtap_sys as sys;
 
 const CASES: u32 = 10_000;
 

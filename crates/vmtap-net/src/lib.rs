@@ -15,14 +15,52 @@ use vmtap_sys::rtnl::{LinkState, Netlink};
 
 pub use vmtap_sys::rtnl::{LinkState as Link, TunLinkInfo};
 
+/// The step of link set-up that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkStep {
+    /// Opening a netlink socket.
+    OpenSocket,
+    /// Looking the link up.
+    Lookup,
+    /// Bringing it up.
+    Up,
+    /// Bringing it down (undoing).
+    Down,
+    /// Setting this MTU.
+    SetMtu(u32),
+    /// Setting this MAC address.
+    SetMac(MacAddr),
+    /// Enslaving it to this bridge.
+    Enslave(String),
+    /// Releasing it from its bridge (undoing).
+    Release,
+}
+
+impl fmt::Display for LinkStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OpenSocket => f.write_str("opening a netlink socket"),
+            Self::Lookup => f.write_str("looking up the link"),
+            Self::Up => f.write_str("bringing the link up"),
+            Self::Down => f.write_str("bringing the link down"),
+            Self::SetMtu(mtu) => write!(f, "setting MTU {mtu}"),
+            Self::SetMac(mac) => write!(f, "setting MAC {mac}"),
+            Self::Enslave(bridge) => write!(f, "adding it to bridge \"{bridge}\""),
+            Self::Release => f.write_str("releasing it from its bridge"),
+        }
+    }
+}
+
 /// Errors of link set-up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// A netlink request failed.
     #[error("{step} on \"{ifname}\": {source}")]
     Netlink {
         /// What was being done.
-        step: String,
+        step: LinkStep,
         /// The interface.
         ifname: String,
         /// The kernel's answer.
@@ -181,7 +219,7 @@ impl Rtnl {
     /// [`Rtnl::open`], with the error naming the interface it was for.
     pub(crate) fn open_for(ifname: &str) -> Result<Self, LinkError> {
         Self::open().map_err(|source| LinkError::Netlink {
-            step: "opening a netlink socket".into(),
+            step: LinkStep::OpenSocket,
             ifname: ifname.into(),
             source,
         })
@@ -194,7 +232,7 @@ impl Rtnl {
     /// The link named `name`, or `None` when there is none.
     pub fn link(&mut self, name: &str) -> Result<Option<LinkState>, LinkError> {
         self.0.link(name).map_err(|source| LinkError::Netlink {
-            step: "looking up the link".into(),
+            step: LinkStep::Lookup,
             ifname: name.into(),
             source,
         })
@@ -205,7 +243,7 @@ impl Rtnl {
         self.0
             .link_by_index(index)
             .map_err(|source| LinkError::Netlink {
-                step: "looking up the link".into(),
+                step: LinkStep::Lookup,
                 ifname: format!("index {index}"),
                 source,
             })
@@ -217,7 +255,7 @@ impl Rtnl {
             .ok_or_else(|| LinkError::NoSuchInterface(name.to_string()))
     }
 
-    fn set(&mut self, link: &LinkState, step: String, msg: LinkMessage) -> Result<(), LinkError> {
+    fn set(&mut self, link: &LinkState, step: LinkStep, msg: LinkMessage) -> Result<(), LinkError> {
         let mut msg = msg;
         msg.header.index = link.index;
         self.request(RouteNetlinkMessage::SetLink(msg))
@@ -236,12 +274,8 @@ impl Rtnl {
             msg.header.flags = LinkFlags::Up;
         }
         msg.header.change_mask = LinkFlags::Up;
-        let step = if up {
-            "bringing the link up"
-        } else {
-            "bringing the link down"
-        };
-        self.set(link, step.into(), msg)
+        let step = if up { LinkStep::Up } else { LinkStep::Down };
+        self.set(link, step, msg)
     }
 
     /// Brings the link up (no-op when it is up already).
@@ -259,7 +293,7 @@ impl Rtnl {
         }
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::Mtu(mtu));
-        self.set(link, format!("setting MTU {mtu}"), msg)
+        self.set(link, LinkStep::SetMtu(mtu), msg)
     }
 
     /// Sets the MAC address (no-op when it has it already).
@@ -269,7 +303,7 @@ impl Rtnl {
         }
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        self.set(link, format!("setting MAC {mac}"), msg)
+        self.set(link, LinkStep::SetMac(mac), msg)
     }
 
     /// Enslaves the link to `master` (no-op when it is already).
@@ -289,16 +323,18 @@ impl Rtnl {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::Controller(index));
         let step = if index == 0 {
-            "releasing it from its bridge".to_string()
+            LinkStep::Release
         } else {
-            format!("adding it to bridge \"{name}\"")
+            LinkStep::Enslave(name.to_string())
         };
         self.set(link, step, msg)
     }
 }
 
-/// Options of [`configure`]: what to do to the host side of a tap.
+/// Options of [`configure`]: what to do to the host side of a tap. Build
+/// it with the setters (more settings, such as link modes, will come).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LinkOptions {
     /// MTU to set (with a bridge: the bridge's, unless given).
     pub mtu: Option<u32>,
@@ -312,6 +348,31 @@ pub struct LinkOptions {
 }
 
 impl LinkOptions {
+    /// Nothing to do.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets (or, with `None`, leaves alone) the MTU.
+    pub fn mtu(mut self, mtu: impl Into<Option<u32>>) -> Self {
+        self.mtu = mtu.into();
+        self
+    }
+    /// Sets (or, with `None`, leaves alone) the MAC address.
+    pub fn mac(mut self, mac: impl Into<Option<MacAddr>>) -> Self {
+        self.mac = mac.into();
+        self
+    }
+    /// Enslaves the tap to this bridge.
+    pub fn bridge(mut self, bridge: impl Into<String>) -> Self {
+        self.bridge = Some(bridge.into());
+        self
+    }
+    /// Brings the link up.
+    pub fn up(mut self, up: bool) -> Self {
+        self.up = up;
+        self
+    }
+
     /// True when nothing is to be done.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()

@@ -56,6 +56,24 @@ pub fn join_fds(fds: &[i32]) -> String {
         .join(":")
 }
 
+/// An id QEMU would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid id {0:?}: use letters, digits, '-', '.', '_', starting with a letter")]
+pub struct InvalidId(pub String);
+
+/// Checks a QEMU id (netdev and device): a letter first, then letters,
+/// digits, `-`, `.`, `_` (QEMU's `id_wellformed`).
+pub fn validate_id(id: &str) -> Result<(), InvalidId> {
+    let mut chars = id.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidId(id.to_string()))
+    }
+}
+
 /// The placeholders `vmtap open` replaces in the program's arguments.
 pub const PLACEHOLDERS: [&str; 5] = ["ifname", "fds", "vhostfds", "netdev", "device"];
 

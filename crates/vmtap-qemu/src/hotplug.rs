@@ -135,8 +135,51 @@ impl std::fmt::Display for Op {
     }
 }
 
+/// The QMP step of a hot-plug that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// Connecting to the monitor (and its greeting).
+    Connect,
+    /// Checking that the id is free (add).
+    CheckFree,
+    /// Checking that the id is a NIC (del).
+    CheckNic,
+    /// `getfd` of this fd name.
+    Getfd(String),
+    /// `netdev_add`.
+    NetdevAdd,
+    /// `device_add`.
+    DeviceAdd,
+    /// `device_del`.
+    DeviceDel,
+    /// Waiting for the guest to release the device (`DEVICE_DELETED`).
+    WaitRelease,
+    /// `netdev_del`.
+    NetdevDel,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect => f.write_str("connect"),
+            Self::CheckFree => f.write_str("checking that the id is free"),
+            Self::CheckNic => f.write_str("checking that the id is a NIC"),
+            Self::Getfd(name) => write!(f, "getfd {name}"),
+            Self::NetdevAdd => f.write_str("netdev_add"),
+            Self::DeviceAdd => f.write_str("device_add"),
+            Self::DeviceDel => f.write_str("device_del"),
+            Self::WaitRelease => f.write_str(
+                "waiting for the guest to release the device (DEVICE_DELETED); run del again to finish",
+            ),
+            Self::NetdevDel => f.write_str("netdev_del"),
+        }
+    }
+}
+
 /// Errors of hot-plug.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HotplugError {
     /// Opening the tap failed.
     #[error(transparent)]
@@ -158,8 +201,8 @@ pub enum HotplugError {
         id: String,
         /// The host tap, when one was opened.
         ifname: Option<String>,
-        /// The step (`getfd ID-1`, `netdev_add`, `device_add`...).
-        step: String,
+        /// The step.
+        step: Step,
         /// Why it failed.
         #[source]
         source: Box<QmpError>,
@@ -316,12 +359,12 @@ impl HotplugError {
         }
     }
 
-    fn step(op: Op, id: &str, step: impl Into<String>, source: QmpError) -> Self {
+    fn step(op: Op, id: &str, step: Step, source: QmpError) -> Self {
         Self::Step {
             op,
             id: id.to_string(),
             ifname: None,
-            step: step.into(),
+            step,
             source: Box::new(source),
             remaining: Vec::new(),
             rollback: None,
@@ -332,6 +375,7 @@ impl HotplugError {
 
 /// What to hot-plug.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HotplugOptions {
     /// QEMU id of the netdev and of the device.
     pub id: String,
@@ -345,16 +389,44 @@ pub struct HotplugOptions {
     pub mac: Option<MacAddr>,
 }
 
-/// Checks a QEMU id (QEMU wants a letter first, then letters, digits, `-._`).
-pub fn validate_id(id: &str) -> Result<(), HotplugError> {
-    let mut chars = id.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(HotplugError::InvalidId(id.to_string()))
+impl HotplugOptions {
+    /// A NIC `id` on a new 1-queue tap, `virtio-net-pci`, no MAC given, no
+    /// link set-up.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            open: OpenOptions::new(),
+            link: LinkOptions::new(),
+            driver: "virtio-net-pci".into(),
+            mac: None,
+        }
     }
+    /// How to open the tap.
+    pub fn open(mut self, open: OpenOptions) -> Self {
+        self.open = open;
+        self
+    }
+    /// Host-side link set-up.
+    pub fn link(mut self, link: LinkOptions) -> Self {
+        self.link = link;
+        self
+    }
+    /// The device driver.
+    pub fn driver(mut self, driver: impl Into<String>) -> Self {
+        self.driver = driver.into();
+        self
+    }
+    /// The guest MAC address (`None`: QEMU picks one).
+    pub fn mac(mut self, mac: impl Into<Option<MacAddr>>) -> Self {
+        self.mac = mac.into();
+        self
+    }
+}
+
+/// Checks a QEMU id ([`crate::args::validate_id`], the one rule of
+/// `vmtap open --id` and hot-plug).
+pub fn validate_id(id: &str) -> Result<(), HotplugError> {
+    crate::args::validate_id(id).map_err(|e| HotplugError::InvalidId(e.0))
 }
 
 /// What QEMU has under an id.
@@ -482,7 +554,7 @@ pub fn add(tun: &Tun, mon: &Monitor, opts: &HotplugOptions) -> Result<String, Ho
     let id = opts.id.as_str();
     let mut qmp = mon
         .connect()
-        .map_err(|e| HotplugError::step(Op::Add, id, "connect", e))?;
+        .map_err(|e| HotplugError::step(Op::Add, id, Step::Connect, e))?;
     ensure_free(&mut qmp, id)?;
     let tap = tun.open(&opts.open)?;
     // A failed step undoes the ones before it inside configure().
@@ -523,14 +595,13 @@ pub fn plug(
     validate_id(id)?;
     let mut qmp = mon
         .connect()
-        .map_err(|e| HotplugError::step(Op::Add, id, "connect", e))?;
+        .map_err(|e| HotplugError::step(Op::Add, id, Step::Connect, e))?;
     ensure_free(&mut qmp, id)?;
     plug_on(mon, qmp, id, tap, driver, mac)
 }
 
 fn ensure_free(qmp: &mut Qmp, id: &str) -> Result<(), HotplugError> {
-    let p = presence(qmp, id)
-        .map_err(|e| HotplugError::step(Op::Add, id, "checking that the id is free", e))?;
+    let p = presence(qmp, id).map_err(|e| HotplugError::step(Op::Add, id, Step::CheckFree, e))?;
     if !p.is_free() {
         return Err(HotplugError::IdInUse {
             id: id.to_string(),
@@ -609,7 +680,7 @@ fn plug_on(
             let failed = Failed {
                 id,
                 ifname,
-                step: format!("getfd {name}"),
+                step: Step::Getfd(name.clone()),
                 cause: e,
             };
             return rollback(mon, qmp, failed, undo);
@@ -637,7 +708,7 @@ fn plug_on(
         let failed = Failed {
             id,
             ifname,
-            step: "netdev_add".into(),
+            step: Step::NetdevAdd,
             cause: e,
         };
         return rollback(mon, qmp, failed, undo);
@@ -659,7 +730,7 @@ fn plug_on(
         let failed = Failed {
             id,
             ifname,
-            step: "device_add".into(),
+            step: Step::DeviceAdd,
             cause: e,
         };
         return rollback(mon, qmp, failed, undo);
@@ -671,7 +742,7 @@ fn plug_on(
 struct Failed<'a> {
     id: &'a str,
     ifname: &'a str,
-    step: String,
+    step: Step,
     cause: QmpError,
 }
 
@@ -820,21 +891,22 @@ fn unplug_pending(e: &QmpError) -> bool {
 /// [`HotplugError::NotANic`] (nothing touched).
 pub fn del(mon: &Monitor, id: &str) -> Result<(), HotplugError> {
     validate_id(id)?;
-    let fail = |step: &str, e: QmpError, remaining: Vec<Leftover>| HotplugError::Step {
+    let fail = |step: Step, e: QmpError, remaining: Vec<Leftover>| HotplugError::Step {
         op: Op::Del,
         id: id.to_string(),
         ifname: None,
-        step: step.to_string(),
+        step,
         source: Box::new(e),
         remaining,
         rollback: None,
         left_alone: false,
     };
     let both = || vec![Leftover::Device(id.into()), Leftover::Netdev(id.into())];
-    let mut qmp = mon.connect().map_err(|e| fail("connect", e, Vec::new()))?;
+    let mut qmp = mon
+        .connect()
+        .map_err(|e| fail(Step::Connect, e, Vec::new()))?;
     qmp.keep_events(&[DEVICE_DELETED]);
-    let p =
-        presence(&mut qmp, id).map_err(|e| fail("checking that the id is a NIC", e, Vec::new()))?;
+    let p = presence(&mut qmp, id).map_err(|e| fail(Step::CheckNic, e, Vec::new()))?;
     if p.device {
         if !p.nic {
             return Err(HotplugError::NotANic(id.to_string()));
@@ -842,15 +914,9 @@ pub fn del(mon: &Monitor, id: &str) -> Result<(), HotplugError> {
         match qmp.execute::<IgnoredAny>("device_del", Some(json!({ "id": id }))) {
             Ok(_) => {}
             Err(e) if unplug_pending(&e) => log::debug!("device_del {id}: {e}; waiting"),
-            Err(e) => return Err(fail("device_del", e, both())),
+            Err(e) => return Err(fail(Step::DeviceDel, e, both())),
         }
-        wait_gone(&mut qmp, id).map_err(|e| {
-            fail(
-                "waiting for the guest to release the device (DEVICE_DELETED); run del again to finish",
-                e,
-                both(),
-            )
-        })?;
+        wait_gone(&mut qmp, id).map_err(|e| fail(Step::WaitRelease, e, both()))?;
     } else if let Some(nic) = p.attached_to {
         return Err(HotplugError::NetdevInUse {
             id: id.to_string(),
@@ -863,7 +929,7 @@ pub fn del(mon: &Monitor, id: &str) -> Result<(), HotplugError> {
         Ok(_) => Ok(()),
         // The device used a netdev of another name.
         Err(e) if e.class() == Some("DeviceNotFound") && p.device => Ok(()),
-        Err(e) => Err(fail("netdev_del", e, vec![Leftover::Netdev(id.into())])),
+        Err(e) => Err(fail(Step::NetdevDel, e, vec![Leftover::Netdev(id.into())])),
     }
 }
 

@@ -6,16 +6,84 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 
-use vmtap::Tap;
+use vmtap::{OpenOptions, Tap, Tun};
+use vmtap_net::{LinkError, LinkOptions};
 
-use crate::args::{device_opts, expand_placeholders, join_fds, netdev_arg};
+use crate::args::{InvalidId, device_opts, expand_placeholders, join_fds, netdev_arg, validate_id};
+
+impl LaunchError {
+    /// True for errors in the caller's input (nothing was touched).
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            Self::Tap(e) => e.is_invalid_input(),
+            Self::Link(e) => e.is_invalid_input(),
+            Self::Id(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// `vmtap open`: checks the options, the id and the bridge before anything
+/// exists; opens the tap in `tun`; sets its host side up; then execs
+/// `program` with the fds (see [`exec_with_tap`]). Returns only on
+/// failure, with nothing left behind: a new tap goes with its fds, and the
+/// link changes made to a tap that was attached to (it outlives us) are
+/// put back.
+pub fn open_and_exec(
+    tun: &Tun,
+    opts: &OpenOptions,
+    link: &LinkOptions,
+    id: &str,
+    program: &str,
+    args: &[String],
+) -> LaunchError {
+    if let Err(e) = opts.validate() {
+        return e.into();
+    }
+    if let Err(e) = validate_id(id) {
+        return LaunchError::Id(e);
+    }
+    // The bridge is checked before a tap exists.
+    if let Err(e) = link.check() {
+        return e.into();
+    }
+    let tap = match tun.open(opts) {
+        Ok(tap) => tap,
+        Err(e) => return e.into(),
+    };
+    log::debug!(
+        "opened {} with {} queue(s), flags {:?}",
+        tap.name(),
+        tap.queues().len(),
+        tap.flags()
+    );
+    // A failed step undoes the ones before it inside configure().
+    let changes = match vmtap_net::configure(tap.name(), link) {
+        Ok(changes) => changes,
+        Err(e) => return e.into(),
+    };
+    let err = exec_with_tap(tap, id, program, args);
+    if opts.attach_existing {
+        if let Err(e) = changes.undo() {
+            log::warn!("{e}");
+        }
+    } else {
+        changes.keep();
+    }
+    err
+}
 
 /// Why the hand-off failed (it returns only on failure).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LaunchError {
-    /// The fds do not form one tap with consistent flags.
+    /// Opening the tap failed, or the fds do not form one tap with
+    /// consistent flags.
     #[error(transparent)]
-    Verify(#[from] vmtap::Error),
+    Tap(#[from] vmtap::Error),
+    /// The host-side link set-up failed (the steps before it were undone).
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// An fd could not be made inheritable.
     #[error("clearing close-on-exec on fd {fd}: {source}")]
     Inherit {
@@ -25,6 +93,9 @@ pub enum LaunchError {
         #[source]
         source: io::Error,
     },
+    /// The QEMU id is not one QEMU takes.
+    #[error(transparent)]
+    Id(InvalidId),
     /// `execvp` failed.
     #[error("cannot run {program:?}: {source}")]
     Exec {

@@ -120,6 +120,7 @@ impl Deadline {
 
 /// Errors of the QMP client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QmpError {
     /// Connecting, reading or writing failed.
     #[error("QMP {step}: {source}")]

@@ -34,21 +34,17 @@ const SLACK: Duration = Duration::from_secs(2);
 const LONG: Duration = Duration::from_secs(10);
 
 fn opts(queues: usize, vhost: bool) -> HotplugOptions {
-    HotplugOptions {
-        id: "nic1".into(),
-        open: OpenOptions::new().queues(queues).vhost(vhost),
-        link: LinkOptions::default(),
-        driver: "virtio-net-pci".into(),
-        mac: Some("52:54:00:12:34:56".parse().unwrap()),
-    }
+    HotplugOptions::new("nic1")
+        .open(OpenOptions::new().queues(queues).vhost(vhost))
+        .mac("52:54:00:12:34:56".parse::<vmtap_net::MacAddr>().unwrap())
 }
 
 fn monitor(q: &FakeQemu, timeout: Duration) -> Monitor {
     Monitor::new(&q.path, timeout)
 }
 
-/// The step error's parts.
-fn step_parts(e: &HotplugError) -> (&str, &QmpError, &[Leftover], Option<&QmpError>) {
+/// The step error's parts (the step as its text).
+fn step_parts(e: &HotplugError) -> (String, &QmpError, &[Leftover], Option<&QmpError>) {
     match e {
         HotplugError::Step {
             step,
@@ -56,7 +52,12 @@ fn step_parts(e: &HotplugError) -> (&str, &QmpError, &[Leftover], Option<&QmpErr
             remaining,
             rollback,
             ..
-        } => (step, source.as_ref(), remaining, rollback.as_deref()),
+        } => (
+            step.to_string(),
+            source.as_ref(),
+            remaining,
+            rollback.as_deref(),
+        ),
         other => panic!("expected a step error, got {other:?}"),
     }
 }
@@ -580,7 +581,11 @@ fn failure_case(queues: usize, vhost: bool, fail_at: usize, act: Act) {
     } else if no_answer {
         // The fake did nothing, but vmtap cannot know: it lists what it
         // sent, and says the tap stays.
-        assert_eq!(remaining, &sent_up_to(step, queues, vhost), "{case}: {msg}");
+        assert_eq!(
+            remaining,
+            &sent_up_to(&step.to_string(), queues, vhost),
+            "{case}: {msg}"
+        );
         assert!(
             msg.contains("the tap tap0 stays on the host while QEMU holds its fds"),
             "{case}: {msg}"
@@ -1267,13 +1272,7 @@ fn link_changes_on_an_attached_tap_are_undone_when_plugging_fails() {
     }
     common::in_netns(|| {
         Tun::system()
-            .create_persistent(
-                "hpx0",
-                &vmtap::PersistentOptions {
-                    vnet_hdr: true,
-                    ..Default::default()
-                },
-            )
+            .create_persistent("hpx0", &vmtap::PersistentOptions::new().vnet_hdr(true))
             .unwrap();
         common::wait_unused("hpx0");
         assert!(!is_up("hpx0"));
@@ -1288,10 +1287,7 @@ fn link_changes_on_an_attached_tap_are_undone_when_plugging_fails() {
             .start();
         let mut o = opts(1, false);
         o.open = OpenOptions::new().name("hpx0").attach_existing(true);
-        o.link = LinkOptions {
-            up: true,
-            ..LinkOptions::default()
-        };
+        o.link = LinkOptions::new().up(true);
         let err = hotplug::add(&Tun::system(), &monitor(&q, LONG), &o).unwrap_err();
         assert!(err.to_string().contains("failed at device_add"), "{err}");
         assert!(err.to_string().contains("(host tap hpx0)"), "{err}");

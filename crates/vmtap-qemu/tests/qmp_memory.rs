@@ -24,7 +24,6 @@ use vmtap::fake::FakeKernel;
 fn kt(k: &std::sync::Arc<FakeKernel>) -> vmtap::Tun {
     vmtap::Tun::with(k.clone(), vmtap::DevicePaths::default())
 }
-use vmtap_net::LinkOptions;
 use vmtap_qemu::hotplug::{self, HotplugError, HotplugOptions, Monitor};
 use vmtap_qemu::qmp::{Deadline, Limits, Qmp, QmpError};
 use vmtap_sys::counting_alloc::{CountingAlloc, thread_peak};
@@ -271,13 +270,7 @@ fn hotplug_add_against_a_hostile_monitor_stays_bounded() {
     let path = q.path.clone();
     let (err, bytes) = peak(move || {
         let k = Arc::new(FakeKernel::new());
-        let opts = HotplugOptions {
-            id: "nic1".into(),
-            open: OpenOptions::new().queues(2),
-            link: LinkOptions::default(),
-            driver: "virtio-net-pci".into(),
-            mac: None,
-        };
+        let opts = HotplugOptions::new("nic1").open(OpenOptions::new().queues(2));
         hotplug::add(&kt(&k), &Monitor::new(path, LONG), &opts).unwrap_err()
     });
     let b = bound(Limits::default());

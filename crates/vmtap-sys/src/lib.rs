@@ -8,8 +8,11 @@
 //! encoding for the target architecture (the values differ on powerpc, mips
 //! and sparc; hard-coded x86 hex values would be wrong there).
 //!
-//! Every function takes a [`BorrowedFd`] and returns [`std::io::Result`]; no
-//! raw fd is stored anywhere.
+//! The ioctl functions take a [`BorrowedFd`] and return
+//! [`std::io::Result`]; no raw fd is stored anywhere. The one function that
+//! takes a raw fd number, [`dup_inherited_fd`], exists because its job is
+//! to find out whether that number is open at all (rustix's safe `dup`
+//! needs a `BorrowedFd`, whose contract is exactly that).
 
 use std::ffi::CString;
 use std::io;

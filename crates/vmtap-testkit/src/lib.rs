@@ -12,7 +12,7 @@ use std::process::Command;
 /// Runs `f` on a new thread inside a new, empty network namespace.
 pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
-        vmtap::sys::unshare_network_namespace()
+        vmtap_sys::unshare_network_namespace()
             .expect("unshare(CLONE_NEWNET): run the tests as root (or under `unshare -Urn`)");
         f()
     })
@@ -278,4 +278,30 @@ impl Console {
         }
         None
     }
+}
+
+/// For benches: re-executes this program in a new network and mount
+/// namespace with a sysfs of its own (as a tool on a host sees it),
+/// unless it runs there already. Needs root.
+pub fn reexec_in_private_namespace() {
+    use std::os::unix::process::CommandExt;
+    const MARK: &str = "VMTAP_BENCH_IN_NETNS";
+    if std::env::var_os(MARK).is_some() {
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    let err = Command::new("unshare")
+        .args(["-n", "-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t sysfs sysfs /sys && exec \"$0\" \"$@\"")
+        .arg(me)
+        .args(std::env::args().skip(1))
+        .env(MARK, "1")
+        .exec();
+    panic!("run as root: unshare -n -m: {err}");
+}
+
+/// For benches: the median of `v` (sorted in place).
+pub fn median(v: &mut [std::time::Duration]) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
 }

@@ -26,11 +26,11 @@
 //! median of each and the ratios.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use vmtap::sys::rtnl::Netlink;
-use vmtap::{OpenOptions, PersistentOptions, Tun, TunFlags, sys};
+use vmtap::{OpenOptions, PersistentOptions, Tun, TunFlags};
+use vmtap_sys as sys;
+use vmtap_sys::rtnl::Netlink;
 
 /// Per queue: open /dev/net/tun and TUNSETIFF.
 fn bare(name: &str, queues: usize, flags: TunFlags, exclusive: bool) -> Vec<OwnedFd> {
@@ -52,11 +52,6 @@ fn bare(name: &str, queues: usize, flags: TunFlags, exclusive: bool) -> Vec<Owne
         .collect()
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -69,24 +64,6 @@ fn timed<T>(open: impl FnOnce() -> T) -> (Duration, Duration) {
     let t = Instant::now();
     drop(held);
     (opened, t.elapsed())
-}
-
-/// Re-executes this bench in a new network and mount namespace with a
-/// sysfs of its own, unless it runs there already.
-fn enter_private_namespace() {
-    const MARK: &str = "VMTAP_BENCH_IN_NETNS";
-    if std::env::var_os(MARK).is_some() {
-        return;
-    }
-    let me = std::env::current_exe().unwrap();
-    let err = std::process::Command::new("unshare")
-        .args(["-n", "-m", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t sysfs sysfs /sys && exec \"$0\" \"$@\"")
-        .arg(me)
-        .args(std::env::args().skip(1))
-        .env(MARK, "1")
-        .exec();
-    panic!("run as root: unshare -n -m: {err}");
 }
 
 struct Row {
@@ -103,16 +80,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; nothing to list.
     }
-    enter_private_namespace();
-    let sq = PersistentOptions {
-        vnet_hdr: true,
-        ..Default::default()
-    };
-    let mq = PersistentOptions {
-        multi_queue: true,
-        vnet_hdr: true,
-        ..Default::default()
-    };
+    vmtap_testkit::reexec_in_private_namespace();
+    let sq = PersistentOptions::new().vnet_hdr(true);
+    let mq = PersistentOptions::new().multi_queue(true).vnet_hdr(true);
     Tun::system().create_persistent("bs0", &sq).unwrap();
     Tun::system().create_persistent("bm0", &mq).unwrap();
 
@@ -167,7 +137,7 @@ fn main() {
             }
             let mut meds: Vec<(Duration, Duration)> = times
                 .iter_mut()
-                .map(|(o, c)| (median(o), median(c)))
+                .map(|(o, c)| (vmtap_testkit::median(o), vmtap_testkit::median(c)))
                 .collect();
             let lib = meds.pop().unwrap();
             let floor = if attach { meds.pop() } else { None };

@@ -6,8 +6,8 @@
 
 use std::io;
 
-use crate::sys::TunFlags;
 use std::path::PathBuf;
+use vmtap_sys::TunFlags;
 
 /// Why an interface name was refused (checked before any syscall).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl std::fmt::Display for NameProblem {
             Self::TooLong(n) => write!(
                 f,
                 "is {n} bytes long, more than the kernel's limit of {}",
-                crate::sys::IFNAME_MAX
+                vmtap_sys::IFNAME_MAX
             ),
             Self::Dot => write!(f, "is not allowed (\".\" and \"..\" are reserved)"),
             Self::Forbidden(c) => write!(f, "contains '{c}'"),
@@ -152,6 +152,29 @@ impl std::fmt::Display for QueueProblem {
     }
 }
 
+/// Why a vhost-net path was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VhostProblem {
+    /// A character device, but another one (vhost-vsock, vhost-scsi...).
+    #[error("it is character device {major}:{minor}, not vhost-net's 10:238")]
+    OtherDevice {
+        /// Its major number.
+        major: u32,
+        /// Its minor number.
+        minor: u32,
+    },
+    /// Not a character device at all.
+    #[error("it is not a character device")]
+    NotCharDevice,
+    /// `fstat` on it failed.
+    #[error("fstat failed: {0}")]
+    Fstat(#[source] io::Error),
+    /// `VHOST_GET_FEATURES` failed (a stale node: no vhost_net module).
+    #[error("VHOST_GET_FEATURES failed: {0}")]
+    GetFeatures(#[source] io::Error),
+}
+
 /// What the caller was doing with an existing tap, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -186,6 +209,7 @@ pub enum BindMode {
 
 /// Errors of the tap core.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An interface name broke one of the kernel's rules.
     #[error("interface name \"{name}\" {problem}")]
@@ -198,6 +222,34 @@ pub enum Error {
     /// The queue count is outside 1..=256.
     #[error("invalid queue count {0}: must be 1 to 256 (the kernel's MAX_TAP_QUEUES)")]
     InvalidQueues(usize),
+    /// No user or group of that name (for a tap's owner or group).
+    #[error("no {kind} named {name:?}")]
+    NoSuchOwner {
+        /// `user` or `group`.
+        kind: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// Looking a user or group up failed (NSS).
+    #[error("looking up {kind} {name:?}: {source}")]
+    OwnerLookup {
+        /// `user` or `group`.
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// An fd number given to inspect is not open in this process.
+    #[error("fd {fd} is not open: {source}")]
+    FdNotOpen {
+        /// The fd number.
+        fd: i32,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// `vnet_hdr` must be `auto`, `on` or `off`.
     #[error("vnet_hdr must be auto, on or off, not {0:?}")]
     InvalidVnetHdr(String),
@@ -299,13 +351,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The vhost-net path is not a vhost-net device.
-    #[error("{path} is not a vhost-net device: {cause}", path = path.display())]
+    /// The vhost-net path is not a usable vhost-net device.
+    #[error("{path} is not a vhost-net device: {problem}", path = path.display())]
     NotVhostNet {
         /// The path given.
         path: PathBuf,
         /// Why it was refused.
-        cause: String,
+        #[source]
+        problem: VhostProblem,
     },
     /// An ioctl on a bound fd failed.
     #[error("{op} failed on \"{ifname}\": {cause}")]
@@ -354,6 +407,7 @@ impl Error {
                 | Self::InvalidQueues(_)
                 | Self::InvalidVnetHdr(_)
                 | Self::AttachNeedsName
+                | Self::NoSuchOwner { .. }
         )
     }
 

@@ -21,9 +21,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::sys::rtnl::{LinkState, TunLinkInfo};
-use crate::sys::{Offloads, TunFlags};
 use crate::syscalls::Syscalls;
+use vmtap_sys::rtnl::{LinkState, TunLinkInfo};
+use vmtap_sys::{Offloads, TunFlags};
 
 /// The calls the fake records (one per [`Syscalls`] method).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -660,7 +660,7 @@ impl Syscalls for FakeKernel {
         let st = self.enter(Op::CharDevice, String::new())?;
         let f = st.fds.get(&inode(fd)?).ok_or_else(|| errno(libc::EBADF))?;
         Ok(if st.vhost_net.contains(&f.path) {
-            Some(crate::sys::VHOST_NET_DEVICE)
+            Some(vmtap_sys::VHOST_NET_DEVICE)
         } else if f.path == Path::new(crate::names::TUN_PATH) {
             Some((10, 200))
         } else {
@@ -672,7 +672,7 @@ impl Syscalls for FakeKernel {
         let st = self.enter(Op::VhostGetFeatures, String::new())?;
         let f = st.fds.get(&inode(fd)?).ok_or_else(|| errno(libc::ENOTTY))?;
         if st.vhost_net.contains(&f.path) {
-            Ok(crate::sys::VHOST_NET_F_VIRTIO_NET_HDR | (1 << 15) | (1 << 32))
+            Ok(vmtap_sys::VHOST_NET_F_VIRTIO_NET_HDR | (1 << 15) | (1 << 32))
         } else {
             Err(errno(libc::ENOTTY))
         }

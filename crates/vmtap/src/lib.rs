@@ -38,17 +38,26 @@ pub mod syscalls;
 pub mod tap;
 pub mod tun;
 
-/// The kernel interface (the `vmtap-sys` crate): ioctls, flags, netlink
-/// queries.
-pub use vmtap_sys as sys;
+/// The parts of the kernel interface (the `vmtap-sys` crate) that the
+/// core's API uses: flags, and the link facts the [`Syscalls`] seam
+/// returns. (No netlink crate's type is part of the core's API.)
+pub mod sys {
+    pub use vmtap_sys::rtnl::{LinkState, TunLinkInfo};
+    pub use vmtap_sys::{
+        IFNAME_MAX, Offloads, TunFlags, VHOST_NET_DEVICE, VHOST_NET_F_VIRTIO_NET_HDR, format_mac,
+    };
+}
 
-pub use error::{Action, Difference, Error, NameProblem, QueueProblem, Result};
+pub use error::{Action, Difference, Error, NameProblem, QueueProblem, Result, VhostProblem};
 pub use names::{DevicePaths, MAX_QUEUES, TUN_PATH, VHOST_NET_PATH, validate_name};
 pub use open::{
     FeatureReport, Features, OpenOptions, VnetHdr, open_tap, probe_multi_queue, probe_vnet_hdr,
     tun_features,
 };
-pub use sys::{Offloads, TunFlags};
 pub use syscalls::{Kernel, Syscalls};
-pub use tap::{FdStatus, PersistentOptions, Tap, TapInfo, TapQueue, TapStatus};
+pub use tap::{
+    FdStatus, PersistentOptions, Tap, TapInfo, TapQueue, TapStatus, TapSummary, owner_gid,
+    owner_uid,
+};
 pub use tun::Tun;
+pub use vmtap_sys::{Offloads, TunFlags};

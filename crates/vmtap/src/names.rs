@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, NameProblem, Result};
-use crate::sys::IFNAME_MAX;
+use vmtap_sys::IFNAME_MAX;
 
 /// The TUN/TAP clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";

@@ -7,13 +7,13 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use crate::error::{Action, BindMode, Difference, Error, Result, explain_open};
+use crate::error::{Action, BindMode, Difference, Error, Result, VhostProblem, explain_open};
 use crate::names::{MAX_QUEUES, validate_name};
-use crate::sys::TunFlags;
-use crate::sys::rtnl::{LinkState, TunLinkInfo};
 use crate::syscalls::Syscalls;
 use crate::tap::{Tap, TapQueue, TapStatus, bind, lookup_link, open_tun, tap_flags, wait_unused};
 use crate::tun::Tun;
+use vmtap_sys::TunFlags;
+use vmtap_sys::rtnl::{LinkState, TunLinkInfo};
 
 /// Reads the kernel's supported TUN features (`TUNGETFEATURES`) from an fd
 /// of `/dev/net/tun` (bound or not).
@@ -472,27 +472,21 @@ fn open_vhosts(tun: &Tun, count: usize) -> Result<Vec<OwnedFd>> {
 /// and vhost-vdpa have other numbers but answer the same ioctls), on which
 /// `VHOST_GET_FEATURES` works (the module is there behind the node).
 pub(crate) fn check_vhost_net(sys: &dyn Syscalls, fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
-    let not = |cause: String| {
-        Err(Error::NotVhostNet {
-            path: path.to_path_buf(),
-            cause,
-        })
+    let refused = |problem: VhostProblem| Error::NotVhostNet {
+        path: path.to_path_buf(),
+        problem,
     };
-    let (major, minor) = crate::sys::VHOST_NET_DEVICE;
     match sys.char_device(fd) {
-        Ok(Some(dev)) if dev == (major, minor) => {}
-        Ok(Some((a, b))) => {
-            return not(format!(
-                "it is character device {a}:{b}, not vhost-net's {major}:{minor}"
-            ));
+        Ok(Some(dev)) if dev == vmtap_sys::VHOST_NET_DEVICE => {}
+        Ok(Some((major, minor))) => {
+            return Err(refused(VhostProblem::OtherDevice { major, minor }));
         }
-        Ok(None) => return not("it is not a character device".into()),
-        Err(e) => return not(format!("fstat failed: {e}")),
+        Ok(None) => return Err(refused(VhostProblem::NotCharDevice)),
+        Err(e) => return Err(refused(VhostProblem::Fstat(e))),
     }
-    match sys.vhost_get_features(fd) {
-        Ok(_) => Ok(()),
-        Err(e) => not(format!("VHOST_GET_FEATURES failed: {e}")),
-    }
+    sys.vhost_get_features(fd)
+        .map(drop)
+        .map_err(|e| refused(VhostProblem::GetFeatures(e)))
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sys::rtnl::{LinkState, Netlink};
-use crate::sys::{self, Offloads, TunFlags};
+use vmtap_sys::rtnl::{LinkState, Netlink};
+use vmtap_sys::{self as sys, Offloads, TunFlags};
 
 /// The kernel calls vmtap makes on TUN/TAP and vhost-net device nodes.
 pub trait Syscalls: Send + Sync {
@@ -151,7 +151,7 @@ impl Syscalls for Kernel {
         let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
         let flags = TunFlags::from_bits_retain(flags);
         let same = index == link.index
-            && link.mac.map(|m| crate::sys::format_mac(&m)) == Some(mac.trim().to_string())
+            && link.mac.map(|m| vmtap_sys::format_mac(&m)) == Some(mac.trim().to_string())
             && flags.contains(TunFlags::TAP) == tun.tap
             && flags.contains(TunFlags::NO_PI) != tun.pi
             && flags.contains(TunFlags::VNET_HDR) == tun.vnet_hdr

@@ -9,10 +9,10 @@ use crate::error::{
     Action, BindMode, Error, QueueProblem, Result, explain_bind, explain_ioctl, explain_open,
 };
 use crate::names::validate_name;
-use crate::sys::rtnl::LinkState;
-use crate::sys::{Offloads, TunFlags};
 use crate::syscalls::Syscalls;
 use crate::tun::Tun;
+use vmtap_sys::rtnl::LinkState;
+use vmtap_sys::{Offloads, TunFlags};
 
 /// What `TUNGETIFF` says about a bound fd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,8 +298,39 @@ impl Tun {
     }
 }
 
-/// What a persistent tap is created with.
+/// A user for a tap's owner: a uid, or a user name looked up through NSS.
+pub fn owner_uid(user: &str) -> Result<u32> {
+    resolve_owner(user, "user", vmtap_sys::user_id)
+}
+
+/// A group for a tap's group: a gid, or a group name looked up through NSS.
+pub fn owner_gid(group: &str) -> Result<u32> {
+    resolve_owner(group, "group", vmtap_sys::group_id)
+}
+
+fn resolve_owner(
+    s: &str,
+    kind: &'static str,
+    lookup: fn(&str) -> std::io::Result<Option<u32>>,
+) -> Result<u32> {
+    if let Ok(id) = s.parse() {
+        return Ok(id);
+    }
+    lookup(s)
+        .map_err(|source| Error::OwnerLookup {
+            kind,
+            name: s.to_string(),
+            source,
+        })?
+        .ok_or_else(|| Error::NoSuchOwner {
+            kind,
+            name: s.to_string(),
+        })
+}
+
+/// What a persistent tap is created with; build it with the setters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PersistentOptions {
     /// Multi-queue device.
     pub multi_queue: bool,
@@ -310,6 +341,33 @@ pub struct PersistentOptions {
     /// gid allowed to open it without `CAP_NET_ADMIN` (with an owner too,
     /// the user must match both).
     pub group: Option<u32>,
+}
+
+impl PersistentOptions {
+    /// A single-queue tap without vnet header, owner or group.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Multi-queue or not.
+    pub fn multi_queue(mut self, on: bool) -> Self {
+        self.multi_queue = on;
+        self
+    }
+    /// With a virtio-net header or not.
+    pub fn vnet_hdr(mut self, on: bool) -> Self {
+        self.vnet_hdr = on;
+        self
+    }
+    /// The uid allowed to open it (`None`: no owner).
+    pub fn owner(mut self, uid: impl Into<Option<u32>>) -> Self {
+        self.owner = uid.into();
+        self
+    }
+    /// The gid allowed to open it (`None`: no group).
+    pub fn group(mut self, gid: impl Into<Option<u32>>) -> Self {
+        self.group = gid.into();
+        self
+    }
 }
 
 impl Tun {
@@ -479,6 +537,86 @@ pub struct FdStatus {
     /// The netlink view, when the device is known to be in this network
     /// namespace. For a single-queue tap its `queues` is 1: the fd is it.
     pub status: Option<TapStatus>,
+}
+
+/// What is known of a tap, for a report: from netlink when the device is
+/// in this network namespace, else what `TUNGETIFF` on an fd tells (the
+/// fields it cannot tell are `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapSummary {
+    /// The interface name.
+    pub ifname: String,
+    /// Whether the device is in the caller's network namespace (`None`:
+    /// cannot tell).
+    pub this_netns: Option<bool>,
+    /// The device outlives its fds.
+    pub persistent: bool,
+    /// Owner uid, if set (and known).
+    pub owner: Option<u32>,
+    /// Group gid, if set (and known).
+    pub group: Option<u32>,
+    /// A multi-queue device.
+    pub multi_queue: bool,
+    /// Packets carry a virtio-net header.
+    pub vnet_hdr: bool,
+    /// Queues attached (see [`TapStatus::queues`]), when known.
+    pub queues: Option<u32>,
+    /// Queues detached but open, when known.
+    pub disabled_queues: Option<u32>,
+}
+
+impl From<&TapStatus> for TapSummary {
+    fn from(t: &TapStatus) -> Self {
+        Self {
+            ifname: t.name.clone(),
+            this_netns: Some(true),
+            persistent: t.persistent,
+            owner: t.owner,
+            group: t.group,
+            multi_queue: t.multi_queue,
+            vnet_hdr: t.vnet_hdr,
+            queues: Some(t.queues),
+            disabled_queues: Some(t.disabled_queues),
+        }
+    }
+}
+
+impl FdStatus {
+    /// The netlink view when there is one; else what `TUNGETIFF` tells (a
+    /// single-queue tap has the one queue the fd is).
+    pub fn summary(&self) -> TapSummary {
+        match &self.status {
+            Some(st) => TapSummary {
+                this_netns: self.in_this_netns,
+                ..TapSummary::from(st)
+            },
+            None => TapSummary {
+                ifname: self.info.name.clone(),
+                this_netns: self.in_this_netns,
+                persistent: self.info.persistent(),
+                owner: None,
+                group: None,
+                multi_queue: self.info.multi_queue(),
+                vnet_hdr: self.info.vnet_hdr(),
+                queues: (!self.info.multi_queue()).then_some(1),
+                disabled_queues: None,
+            },
+        }
+    }
+}
+
+impl Tun {
+    /// [`Tun::inspect_fd_status`] of fd number `fd`, which this process
+    /// inherited (it is duplicated, not taken); errors name `fd`.
+    pub fn inspect_inherited_fd(&self, fd: std::os::fd::RawFd) -> Result<FdStatus> {
+        let dup =
+            vmtap_sys::dup_inherited_fd(fd).map_err(|source| Error::FdNotOpen { fd, source })?;
+        self.inspect_fd_status(dup.as_fd()).map_err(|e| match e {
+            Error::NotATapFd { cause, source, .. } => Error::NotATapFd { fd, cause, source },
+            Error::FdIsTun { ifname, .. } => Error::FdIsTun { fd, ifname },
+            other => other,
+        })
+    }
 }
 
 impl Tun {

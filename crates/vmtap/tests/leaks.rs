@@ -13,13 +13,7 @@ fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
     in_netns(|| {
         veth("ve0", "ve1");
         Tun::system()
-            .create_persistent(
-                "pmq0",
-                &PersistentOptions {
-                    multi_queue: true,
-                    ..Default::default()
-                },
-            )
+            .create_persistent("pmq0", &PersistentOptions::new().multi_queue(true))
             .unwrap();
         // Another user holds two queues without vnet headers.
         let holder = OpenOptions::new()
@@ -134,13 +128,7 @@ fn every_failure_leaves_the_fd_count_and_interfaces_unchanged() {
             maximum: limit.maximum,
         };
         vmtap::Tun::system()
-            .create_persistent(
-                "idle0",
-                &PersistentOptions {
-                    multi_queue: true,
-                    ..Default::default()
-                },
-            )
+            .create_persistent("idle0", &PersistentOptions::new().multi_queue(true))
             .unwrap();
         let idle_ifs = interfaces();
         setrlimit(Resource::Nofile, tight).unwrap();

@@ -112,12 +112,11 @@ fn names_the_kernel_would_mangle_are_refused_before_any_syscall() {
 #[test]
 fn persistent_multi_queue_tap_with_owner_and_group() {
     in_netns(|| {
-        let opts = PersistentOptions {
-            multi_queue: true,
-            vnet_hdr: true,
-            owner: Some(4242),
-            group: Some(4343),
-        };
+        let opts = PersistentOptions::new()
+            .multi_queue(true)
+            .vnet_hdr(true)
+            .owner(4242)
+            .group(4343);
         let info = Tun::system().create_persistent("pq0", &opts).unwrap();
         wait_unused("pq0");
         assert!(info.persistent() && info.multi_queue() && info.vnet_hdr());
@@ -351,10 +350,7 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
             .map(|t| {
                 std::thread::spawn(move || {
                     let (ghost, vanishing) = (format!("gh{t}"), format!("va{t}"));
-                    let mq = PersistentOptions {
-                        multi_queue: true,
-                        ..Default::default()
-                    };
+                    let mq = PersistentOptions::new().multi_queue(true);
                     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
                     for _ in 0..40 {
                         let err = OpenOptions::new()
@@ -375,7 +371,7 @@ fn attaching_from_threads_to_missing_or_vanishing_taps_leaves_nothing() {
                         Tun::system().create_persistent(&vanishing, &mq).unwrap();
                         let index = vmtap::Tun::system().status(&vanishing).unwrap().index;
                         let deleter = std::thread::spawn(move || {
-                            vmtap::sys::rtnl::Netlink::open()
+                            vmtap_sys::rtnl::Netlink::open()
                                 .unwrap()
                                 .delete_index(index)
                                 .unwrap();
@@ -428,13 +424,7 @@ fn racing_attaches_never_share_a_tap() {
     use std::time::Instant;
     in_netns(|| {
         Tun::system()
-            .create_persistent(
-                "sh0",
-                &PersistentOptions {
-                    multi_queue: true,
-                    ..Default::default()
-                },
-            )
+            .create_persistent("sh0", &PersistentOptions::new().multi_queue(true))
             .unwrap();
         // Each thread attaches 2 queues over and over; while one holds the
         // tap no other attach may succeed (the look-up refuses a tap in

@@ -63,7 +63,7 @@ fn errors_say_the_step_the_id_and_what_remains() {
         id: "nic1".into(),
         ifname: Some("tap7".into()),
         left_alone: false,
-        step: "getfd nic1-1".into(),
+        step: Step::Getfd("nic1-1".into()),
         source: Box::new(QmpError::Closed("waiting for the reply to getfd".into())),
         remaining: vec![
             Leftover::FdName("nic1-0".into()),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::*;
 use crate::fake::{FakeDevice, FakeKernel, Op};
 use crate::names::{DevicePaths, TUN_PATH, VHOST_NET_PATH};
-use crate::sys::Offloads;
 use crate::tap::PersistentOptions;
+use vmtap_sys::Offloads;
 
 fn fake() -> Arc<FakeKernel> {
     Arc::new(FakeKernel::new())
@@ -470,12 +470,11 @@ fn check_queues_refuses_mixed_devices() {
 #[test]
 fn persistent_create_and_delete() {
     let k = fake();
-    let opts = PersistentOptions {
-        multi_queue: true,
-        vnet_hdr: true,
-        owner: Some(1000),
-        group: Some(100),
-    };
+    let opts = PersistentOptions::new()
+        .multi_queue(true)
+        .vnet_hdr(true)
+        .owner(1000)
+        .group(100);
     let info = ktun(&k).create_persistent("p%d", &opts).unwrap();
     assert_eq!(info.name, "p0");
     assert!(info.persistent() && info.multi_queue() && info.vnet_hdr());
@@ -514,11 +513,7 @@ fn persistent_create_failing_midway_leaves_nothing() {
     for op in [Op::SetOwner, Op::SetGroup, Op::SetPersist, Op::GetIff] {
         let k = fake();
         k.fail_op(op, 0, libc::EPERM);
-        let opts = PersistentOptions {
-            owner: Some(1),
-            group: Some(2),
-            ..PersistentOptions::default()
-        };
+        let opts = PersistentOptions::new().owner(1).group(2);
         assert!(ktun(&k).create_persistent("p0", &opts).is_err());
         assert!(k.devices().is_empty(), "{op:?} left a device");
         assert_eq!(k.open_fds(), 0);
@@ -738,10 +733,7 @@ fn every_failure_of_an_attach_leaves_the_tap_as_it_was() {
 #[test]
 fn delete_checks_over_netlink_and_never_binds() {
     let k = fake();
-    let mq = PersistentOptions {
-        multi_queue: true,
-        ..PersistentOptions::default()
-    };
+    let mq = PersistentOptions::new().multi_queue(true);
     ktun(&k).create_persistent("m0", &mq).unwrap();
     ktun(&k)
         .create_persistent("s0", &PersistentOptions::default())
