@@ -660,6 +660,12 @@ fn plug_on(
     let queues = tap.queues().len();
     let ifname = tap.name();
     let mut undo = Undo::default();
+    let failed = |step: Step, cause: QmpError| Failed {
+        id,
+        ifname,
+        step,
+        cause,
+    };
 
     let fds = tap
         .queues()
@@ -677,13 +683,7 @@ fn plug_on(
         undo.names.push(name.clone());
         let args = Some(json!({ "fdname": name }));
         if let Err(e) = qmp.execute_with_fds::<IgnoredAny>("getfd", args, &[fd]) {
-            let failed = Failed {
-                id,
-                ifname,
-                step: Step::Getfd(name.clone()),
-                cause: e,
-            };
-            return rollback(mon, qmp, failed, undo);
+            return rollback(mon, qmp, failed(Step::Getfd(name.clone()), e), undo);
         }
     }
     let (tap_names, vhost_names) = undo.names.split_at(queues);
@@ -705,13 +705,7 @@ fn plug_on(
     if let Err(e) = qmp.execute::<IgnoredAny>("netdev_add", Some(netdev)) {
         // Refused: there is no netdev of ours (and the id was free).
         undo.netdev = !e.is_refusal();
-        let failed = Failed {
-            id,
-            ifname,
-            step: Step::NetdevAdd,
-            cause: e,
-        };
-        return rollback(mon, qmp, failed, undo);
+        return rollback(mon, qmp, failed(Step::NetdevAdd, e), undo);
     }
     // The netdev consumed every name.
     undo.names.clear();
@@ -727,13 +721,7 @@ fn plug_on(
     undo.device = true;
     if let Err(e) = qmp.execute::<IgnoredAny>("device_add", Some(device)) {
         undo.device = !e.is_refusal();
-        let failed = Failed {
-            id,
-            ifname,
-            step: Step::DeviceAdd,
-            cause: e,
-        };
-        return rollback(mon, qmp, failed, undo);
+        return rollback(mon, qmp, failed(Step::DeviceAdd, e), undo);
     }
     Ok(())
 }

@@ -137,6 +137,16 @@ bitflags! {
     }
 }
 
+/// The flags a tap's first queue sets and every later one takes as they
+/// are (`TUN_FEATURES` in tun.c): no-PI, one-queue, vnet header,
+/// multi-queue and the NAPI flags.
+pub const TUN_FEATURES: TunFlags = TunFlags::NO_PI
+    .union(TunFlags::ONE_QUEUE)
+    .union(TunFlags::VNET_HDR)
+    .union(TunFlags::MULTI_QUEUE)
+    .union(TunFlags::NAPI)
+    .union(TunFlags::NAPI_FRAGS);
+
 /// Longest interface name the kernel accepts, without the trailing NUL.
 pub const IFNAME_MAX: usize = libc::IFNAMSIZ - 1;
 

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use crate::syscalls::Syscalls;
 use vmtap_sys::rtnl::{LinkState, TunLinkInfo};
-use vmtap_sys::{Offloads, TunFlags};
+use vmtap_sys::{Offloads, TUN_FEATURES, TunFlags};
 
 /// The calls the fake records (one per [`Syscalls`] method).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,15 +168,7 @@ impl FakeKernel {
     /// NO_PI, ONE_QUEUE, VNET_HDR, MULTI_QUEUE and the NAPI flags, and
     /// `/dev/vhost-net` is a vhost-net device.
     pub fn new() -> Self {
-        let features = TunFlags::TUN
-            | TunFlags::TAP
-            | TunFlags::NO_CARRIER
-            | TunFlags::NO_PI
-            | TunFlags::ONE_QUEUE
-            | TunFlags::VNET_HDR
-            | TunFlags::MULTI_QUEUE
-            | TunFlags::NAPI
-            | TunFlags::NAPI_FRAGS;
+        let features = TunFlags::TUN | TunFlags::TAP | TunFlags::NO_CARRIER | TUN_FEATURES;
         Self::with_features(Some(features.bits()))
     }
 
@@ -437,17 +429,11 @@ impl Syscalls for FakeKernel {
             // As tun.c: the first queue to attach sets the feature flags;
             // later ones get the device's as they are.
             if dev.queues.is_empty() {
-                let features = TunFlags::NO_PI | TunFlags::ONE_QUEUE | TunFlags::VNET_HDR;
-                dev.flags = (dev.flags - features) | (flags & features);
+                dev.flags = (dev.flags - TUN_FEATURES) | (flags & TUN_FEATURES);
             }
             dev.queues.push(ino);
         } else {
-            let kept = TunFlags::TUN
-                | TunFlags::TAP
-                | TunFlags::NO_PI
-                | TunFlags::ONE_QUEUE
-                | TunFlags::VNET_HDR
-                | TunFlags::MULTI_QUEUE;
+            let kept = TunFlags::TUN | TunFlags::TAP | TUN_FEATURES;
             let index = st.new_index();
             st.devices.insert(
                 ifname.clone(),

@@ -44,7 +44,8 @@ pub mod tun;
 pub mod sys {
     pub use vmtap_sys::rtnl::{LinkState, TunLinkInfo};
     pub use vmtap_sys::{
-        IFNAME_MAX, Offloads, TunFlags, VHOST_NET_DEVICE, VHOST_NET_F_VIRTIO_NET_HDR, format_mac,
+        IFNAME_MAX, Offloads, TUN_FEATURES, TunFlags, VHOST_NET_DEVICE, VHOST_NET_F_VIRTIO_NET_HDR,
+        format_mac,
     };
 }
 

@@ -12,8 +12,8 @@ use crate::names::{MAX_QUEUES, validate_name};
 use crate::syscalls::Syscalls;
 use crate::tap::{Tap, TapQueue, TapStatus, bind, lookup_link, open_tun, tap_flags, wait_unused};
 use crate::tun::Tun;
-use vmtap_sys::TunFlags;
 use vmtap_sys::rtnl::{LinkState, TunLinkInfo};
+use vmtap_sys::{TUN_FEATURES, TunFlags};
 
 /// Reads the kernel's supported TUN features (`TUNGETFEATURES`) from an fd
 /// of `/dev/net/tun` (bound or not).
@@ -309,11 +309,7 @@ fn create(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
     }
 
     // vhost-net first: when it is missing, no interface is created at all.
-    let vhost = if opts.features.vhost {
-        open_vhosts(tun, queues)?
-    } else {
-        Vec::new()
-    };
+    let vhost = open_vhosts(tun, if opts.features.vhost { queues } else { 0 })?;
 
     // Queue 0 creates the device, refusing an existing one; queues 1..
     // attach to queue 0's device by the name the kernel gave it.
@@ -343,15 +339,8 @@ fn create(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
 /// (no effect since Linux 3.8) nor the NAPI flags: without a trusted sysfs
 /// they are taken as off, as `vmtap create`, `ip tuntap` and QEMU make taps.
 fn existing_flags(sys: &dyn Syscalls, link: &LinkState, tun: &TunLinkInfo) -> TunFlags {
-    let kept = TunFlags::TAP
-        | TunFlags::NO_PI
-        | TunFlags::ONE_QUEUE
-        | TunFlags::VNET_HDR
-        | TunFlags::MULTI_QUEUE
-        | TunFlags::NAPI
-        | TunFlags::NAPI_FRAGS;
     if let Some(exact) = sys.exact_tun_flags(link) {
-        return exact & kept;
+        return exact & (TunFlags::TAP | TUN_FEATURES);
     }
     let mut flags = tap_flags(tun.multi_queue, tun.vnet_hdr) - TunFlags::ONE_QUEUE;
     flags.set(TunFlags::NO_PI, !tun.pi);
@@ -379,23 +368,15 @@ fn attach(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
     let flags = existing_flags(sys, &link, &info);
     log::debug!("{name} exists (index {}) with {flags:?}", link.index);
 
-    let vhost = if opts.features.vhost {
-        open_vhosts(tun, queues)?
-    } else {
-        Vec::new()
-    };
+    let vhost = open_vhosts(tun, if opts.features.vhost { queues } else { 0 })?;
     let mut tap_queues = Vec::with_capacity(queues);
     for k in 0..queues {
         let fd = open_tun(tun)?;
         bind(sys, fd.as_fd(), name, flags, BindMode::Attach, k)?;
         // The tap may have been removed since it was looked up, and this
-        // bind created a new one: its MAC address (random per tap) and
-        // persistence tell. Dropping the fd removes what was created.
-        let same = sys.tun_get_hwaddr(fd.as_fd()).ok() == link.mac
-            && sys
-                .tun_get_iff(fd.as_fd())
-                .is_ok_and(|(_, f)| f.contains(TunFlags::PERSIST));
-        if !same {
+        // bind created a new one: its MAC address (random per tap) tells.
+        // Dropping the fd removes what was created.
+        if sys.tun_get_hwaddr(fd.as_fd()).ok() != link.mac {
             return Err(Error::Vanished(name.to_string()));
         }
         tap_queues.push(TapQueue::new(fd, tun.clone()));
