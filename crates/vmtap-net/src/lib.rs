@@ -5,6 +5,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod vlan;
+
+pub use vlan::{VlanError, VlanKind, VlanSpec};
+
 use std::fmt;
 use std::io;
 use std::str::FromStr;

@@ -15,6 +15,7 @@ use netlink_packet_route::link::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 pub use netlink_packet_route;
 
 /// What the tun driver reports about a tap over netlink (`IFLA_TUN_*`).
@@ -157,9 +158,20 @@ impl Netlink {
     /// Sends one request with `NLM_F_ACK` and collects the messages that
     /// come back until the acknowledgement (or the error).
     pub fn request(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.request_flags(msg, 0)
+    }
+
+    /// [`Netlink::request`] with more header flags: `NLM_F_DUMP` for a
+    /// dump, `NLM_F_CREATE | NLM_F_EXCL` or `NLM_F_CREATE | NLM_F_REPLACE`
+    /// for a new object. A dump's parts are collected until `NLMSG_DONE`.
+    pub fn request_flags(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
-        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
         packet.header.sequence_number = self.seq;
         packet.finalize();
         let mut buf = vec![0; packet.buffer_len()];
