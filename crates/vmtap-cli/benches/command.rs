@@ -113,7 +113,8 @@ fn main() {
         .create_persistent("bq0", &opts)
         .unwrap();
     let q = QUEUES.to_string();
-    let mut vmtap = Command::new(env!("CARGO_BIN_EXE_vmtap"));
+    let mut vmtap =
+        vmtap_testkit::vmtap_command(env!("CARGO_BIN_EXE_vmtap"), env!("CARGO_TARGET_TMPDIR"));
     vmtap
         .args([
             "open",

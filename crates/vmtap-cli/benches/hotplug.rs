@@ -93,20 +93,23 @@ fn main() {
         for r in 0..ROUNDS + 1 {
             let run_whole = || {
                 let t = Instant::now();
-                let st = Command::new(env!("CARGO_BIN_EXE_vmtap"))
-                    .args([
-                        "hotplug",
-                        "add",
-                        "--qmp",
-                        sock.to_str().unwrap(),
-                        "--id",
-                        "bw",
-                        "--queues",
-                        &q,
-                    ])
-                    .stdout(Stdio::null())
-                    .status()
-                    .unwrap();
+                let st = vmtap_testkit::vmtap_command(
+                    env!("CARGO_BIN_EXE_vmtap"),
+                    env!("CARGO_TARGET_TMPDIR"),
+                )
+                .args([
+                    "hotplug",
+                    "add",
+                    "--qmp",
+                    sock.to_str().unwrap(),
+                    "--id",
+                    "bw",
+                    "--queues",
+                    &q,
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
                 let d = t.elapsed();
                 assert!(st.success());
                 del("bw");

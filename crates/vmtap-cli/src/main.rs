@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use vmtap::{OpenOptions, PersistentOptions, TapSummary, Tun, VnetHdr};
-use vmtap_net::{self as link, LinkError, LinkOptions, MacAddr};
+use vmtap_net::{self as link, LinkError, LinkOptions, MacAddr, NicMode};
 use vmtap_qemu::{hotplug, launch, qmp};
 
 const AFTER_HELP: &str = "\
@@ -22,6 +22,10 @@ Examples:
   vmtap features --json
   vmtap open --queues 4 --up -- qemu-system-x86_64 ... -netdev {netdev} -device virtio-net-pci,{device}
   vmtap open --bridge br0 --vhost -- qemu-system-x86_64 ... -netdev {netdev} -device virtio-net-pci,{device}
+  vmtap open --mode routed --ip 192.0.2.10 --link 100 -- qemu-system-x86_64 ...
+  vmtap open --mode openvswitch --link sw0 --vlan .100:200 -- qemu-system-x86_64 ...
+  INTERFACE=tap0 MODE=bridged LINK=br0 VLAN=.100 vmtap ifup
+  vmtap ifdown tap0
   vmtap create vm1tap --multi-queue --vnet-hdr --owner qemu
   vmtap inspect vm1tap --json
   vmtap delete vm1tap";
@@ -81,6 +85,22 @@ enum Command {
     /// Hot-plug a NIC into a running QEMU over QMP, or remove it.
     #[command(subcommand)]
     Hotplug(HotplugCmd),
+    /// Set up a NIC's host side from Ganeti's NIC script variables (a
+    /// drop-in for Ganeti's kvm-ifup).
+    #[command(after_help = IFUP_HELP)]
+    Ifup {
+        /// The tap [default: $INTERFACE].
+        iface: Option<String>,
+    },
+    /// Undo what `vmtap ifup` (or a NIC mode of `open`/`hotplug add`) set
+    /// up for a NIC, and nothing else.
+    #[command(
+        after_help = "Example:\n  vmtap ifdown tap0\n\nWorks when the tap is gone too: the routing rules and the Open vSwitch port\nthat outlive it are removed. Records are kept in $VMTAP_STATE_DIR (default\n/run/vmtap)."
+    )]
+    Ifdown {
+        /// The tap [default: $INTERFACE].
+        iface: Option<String>,
+    },
     /// Show a tap's settings, by name or by an inherited fd.
     #[command(
         after_help = "Examples:\n  vmtap inspect vm1tap --json\n  vmtap inspect --fd 3 --json 3<>/dev/net/tun"
@@ -104,7 +124,7 @@ enum HotplugCmd {
     #[command(
         after_help = "Example:\n  vmtap hotplug add --qmp /run/vm1.qmp --id nic1 --queues 2 --bridge br0 --json"
     )]
-    Add(HotplugAddArgs),
+    Add(Box<HotplugAddArgs>),
     /// Hot-remove a NIC: device_del, wait for DEVICE_DELETED, netdev_del.
     #[command(after_help = "Example:\n  vmtap hotplug del --qmp /run/vm1.qmp --id nic1")]
     Del {
@@ -141,9 +161,8 @@ struct HotplugAddArgs {
     /// Bring the host link up.
     #[arg(long)]
     up: bool,
-    /// Enslave the tap to this bridge (and bring it up).
-    #[arg(long, value_name = "BR")]
-    bridge: Option<String>,
+    #[command(flatten)]
+    nic: ModeArgs,
     /// Print JSON: ifname, id.
     #[arg(long)]
     json: bool,
@@ -155,6 +174,25 @@ struct HotplugAddArgs {
     #[arg(long, value_name = "SECONDS")]
     rollback_timeout: Option<f64>,
 }
+
+const IFUP_HELP: &str = "\
+Variables (as Ganeti sets them for its NIC scripts):
+  INTERFACE  the tap (or give it as the argument)
+  MODE       bridged, routed or openvswitch
+  LINK       the bridge, the Open vSwitch switch, or the routing table (routed;
+             empty: main). BRIDGE is read too in bridged mode.
+  VLAN       .N or N (access), :N[:M...] (trunk), .N:M[:...] (hybrid)
+  IP         the NIC's address (routed: required; IPv4 or IPv6)
+  MAC        the guest's MAC (checked only)
+  ACTION     up (when set)
+Others (INSTANCE, TAGS, NETWORK_*, ...) are ignored.
+
+Run twice, it changes nothing the second time. Exit 0 on success, 1 on a
+failure from the system (the steps already done are undone), 2 on invalid or
+missing variables (nothing touched).
+
+Example (Ganeti node: point the NIC script at a wrapper that runs this):
+  INTERFACE=tap0 MODE=routed IP=192.0.2.10 LINK=100 vmtap ifup";
 
 const OPEN_HELP: &str = "\
 In PROGRAM's arguments these are replaced:
@@ -192,6 +230,53 @@ impl DevicePaths {
                 vhost_net: self.vhost_device.clone(),
             },
         )
+    }
+}
+
+/// The NIC mode: shared by `open` and `hotplug add`.
+#[derive(Args, Debug)]
+struct ModeArgs {
+    /// NIC mode, as Ganeti's: bridged, routed or openvswitch.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// The bridge (bridged), the Open vSwitch switch (openvswitch) or the
+    /// routing table, by name or number (routed; default: main).
+    #[arg(long, value_name = "LINK")]
+    link: Option<String>,
+    /// VLANs (bridged, openvswitch): .N or N (access), :N[:M...] (trunk),
+    /// .N:M[:...] (hybrid).
+    #[arg(long, value_name = "SPEC")]
+    vlan: Option<String>,
+    /// The NIC's address (routed; repeat for IPv4 and IPv6).
+    #[arg(long, value_name = "ADDR")]
+    ip: Vec<String>,
+    /// Short for --mode bridged --link BR.
+    #[arg(long, value_name = "BR", conflicts_with_all = ["mode", "link"])]
+    bridge: Option<String>,
+}
+
+impl ModeArgs {
+    fn mode(&self) -> Result<Option<NicMode>, CliError> {
+        let mode = match (&self.mode, &self.bridge) {
+            (Some(m), _) => m.as_str(),
+            (None, Some(_)) => "bridged",
+            (None, None) => {
+                if self.link.is_some() || self.vlan.is_some() || !self.ip.is_empty() {
+                    return Err(CliError::Invalid(
+                        "--link, --vlan and --ip need --mode (or --bridge)".into(),
+                    ));
+                }
+                return Ok(None);
+            }
+        };
+        let link = self.link.as_deref().or(self.bridge.as_deref());
+        let ips: Vec<&str> = self.ip.iter().map(String::as_str).collect();
+        Ok(Some(NicMode::parse(
+            mode,
+            link,
+            self.vlan.as_deref(),
+            &ips,
+        )?))
     }
 }
 
@@ -237,15 +322,14 @@ struct OpenArgs {
     /// QEMU netdev id used in {netdev} and {device}.
     #[arg(long, default_value = "net0")]
     id: String,
-    /// MTU of the tap, 68 to 65521 (default with --bridge: the bridge's).
+    /// MTU of the tap, 68 to 65521 (default when bridged: the bridge's).
     #[arg(long, value_parser = parse_mtu)]
     mtu: Option<u32>,
-    /// MAC of the tap (default with --bridge: its own with first byte 0xfe).
+    /// MAC of the tap (default when bridged: its own with first byte 0xfe).
     #[arg(long, value_parser = parse_mac)]
     mac: Option<MacAddr>,
-    /// Enslave the tap to this bridge (and bring it up).
-    #[arg(long, value_name = "BR")]
-    bridge: Option<String>,
+    #[command(flatten)]
+    nic: ModeArgs,
     /// Bring the link up.
     #[arg(long)]
     up: bool,
@@ -405,7 +489,27 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Inspect { name, fd, json } => inspect(name, fd, json),
-        Command::Hotplug(HotplugCmd::Add(args)) => hotplug_add(args),
+        Command::Ifup { iface } => {
+            let nic = link::ganeti::from_env(link::ganeti::Action::Up, iface.as_deref(), |k| {
+                std::env::var(k).ok()
+            })?;
+            let opts = LinkOptions::new().mode(nic.mode);
+            link::configure(&nic.ifname, &opts)?.keep();
+            Ok(())
+        }
+        Command::Ifdown { iface } => {
+            let nic = link::ganeti::from_env(link::ganeti::Action::Down, iface.as_deref(), |k| {
+                std::env::var(k).ok()
+            })?;
+            match link::ifdown(&nic.ifname, &link::StateDir::from_env())? {
+                link::Ifdown::NoRecord => {
+                    log::info!("no record of a set-up of {}: nothing to undo", nic.ifname)
+                }
+                done => log::debug!("{}: {done:?}", nic.ifname),
+            }
+            Ok(())
+        }
+        Command::Hotplug(HotplugCmd::Add(args)) => hotplug_add(*args),
         Command::Hotplug(HotplugCmd::Del { qmp, id, timeout }) => {
             hotplug::validate_id(&id)?;
             let monitor = hotplug::Monitor::new(qmp, seconds("--timeout", timeout)?);
@@ -453,8 +557,11 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
         ));
     };
     let opts = args.tap.options().attach_existing(args.attach_existing);
-    let mut link_opts = LinkOptions::new().mtu(args.mtu).mac(args.mac).up(args.up);
-    link_opts.bridge = args.bridge.clone();
+    let link_opts = LinkOptions::new()
+        .mtu(args.mtu)
+        .mac(args.mac)
+        .up(args.up)
+        .mode(args.nic.mode()?);
     let tun = args.tap.paths.tun();
     Err(launch::open_and_exec(&tun, &opts, &link_opts, &args.id, program, program_args).into())
 }
@@ -475,8 +582,7 @@ fn seconds(option: &str, s: f64) -> Result<std::time::Duration, CliError> {
 }
 
 fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
-    let mut link = LinkOptions::new().up(args.up);
-    link.bridge = args.bridge.clone();
+    let link = LinkOptions::new().up(args.up).mode(args.nic.mode()?);
     let opts = hotplug::HotplugOptions::new(&args.id)
         .open(args.tap.options())
         .link(link)

@@ -10,7 +10,10 @@ use serde_json::Value;
 const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
 
 fn vmtap(args: &[&str]) -> Output {
-    Command::new(VMTAP).args(args).output().expect("run vmtap")
+    vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
+        .args(args)
+        .output()
+        .expect("run vmtap")
 }
 
 fn stderr(o: &Output) -> String {
@@ -350,7 +353,7 @@ fn inspect_fd_on_things_that_are_not_taps() {
     }
     // A socket: the test's own stdin as a socket pair end.
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let o = Command::new(VMTAP)
+    let o = vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
         .args(["inspect", "--fd", "0"])
         .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(a)))
         .output()
@@ -459,7 +462,7 @@ fn a_closed_or_full_stdout_is_an_error_not_a_panic() {
     // A pipe whose reader is gone.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let o = Command::new(VMTAP)
+    let o = vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
         .args(["features", "--json"])
         .stdout(writer)
         .output()
@@ -474,7 +477,7 @@ fn a_closed_or_full_stdout_is_an_error_not_a_panic() {
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let o = Command::new(VMTAP)
+    let o = vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
         .args(["features"])
         .stdout(full)
         .output()
@@ -705,7 +708,7 @@ fn delete_refuses_taps_in_use_and_racing_deletes_create_nothing() {
         });
         let racers: Vec<_> = (0..16)
             .map(|_| {
-                Command::new(VMTAP)
+                vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
                     .args(["delete", "dd"])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::piped())
@@ -826,7 +829,7 @@ fn inspect_counts_single_queue_users_and_tells_tun_and_foreign_fds_apart() {
             "{}",
             stderr(&o)
         );
-        let o = Command::new(VMTAP)
+        let o = vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
             .args(["inspect", "--fd", "0"])
             .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(tun)))
             .output()

@@ -26,7 +26,7 @@ fn absurd_timeouts_are_refused() {
         ],
         &["del", "--qmp", qmp, "--id", "x", "--timeout", "inf"],
     ] {
-        let o = std::process::Command::new(VMTAP)
+        let o = vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
             .arg("hotplug")
             .args(args)
             .output()
@@ -61,7 +61,7 @@ fn a_broken_stdout_after_the_add_says_the_nic_is_plugged() {
         let q = FakeQemu::normal();
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let child = std::process::Command::new(VMTAP)
+        let child = vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
             .args(["hotplug", "add", "--qmp"])
             .arg(&q.path)
             .args(["--id", "nic1", "--name", "hpp0", "--json"])

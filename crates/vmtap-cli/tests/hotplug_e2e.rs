@@ -82,7 +82,10 @@ impl Qemu {
         let qmp = self.qmp.to_str().unwrap();
         let mut all = vec!["hotplug", args[0], "--qmp", qmp];
         all.extend_from_slice(&args[1..]);
-        Command::new(VMTAP).args(&all).output().unwrap()
+        vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
+            .args(&all)
+            .output()
+            .unwrap()
     }
 }
 
@@ -247,7 +250,7 @@ fn hot_add_ping_remove_failures_and_cycles_leave_nothing() {
             }
         });
         for words in ["not a QMP socket", "closed the QMP connection"] {
-            let o = Command::new(VMTAP)
+            let o = vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
                 .args([
                     "hotplug",
                     "add",

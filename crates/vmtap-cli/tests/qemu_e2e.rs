@@ -6,7 +6,7 @@
 
 use vmtap_testkit as common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use common::*;
 
@@ -33,7 +33,7 @@ impl Vm {
             "-device".into(),
             device,
         ]);
-        let mut child = Command::new(VMTAP)
+        let mut child = vmtap_testkit::vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,12 +1,25 @@
-//! vmtap's host side: link set-up over rtnetlink. Look up a link, bring
-//! it up, set its MTU and MAC, enslave it to a bridge, and keep a record
-//! ([`LinkChanges`]) to put it all back. Works in the caller's network
-//! namespace; spawns nothing.
+//! vmtap's host side: link set-up over rtnetlink, and Ganeti's NIC modes
+//! natively. Look up a link, bring it up, set its MTU and MAC, enslave it
+//! to a bridge ([`configure`]); or join it to the host network as a
+//! bridged, routed or Open vSwitch NIC ([`NicMode`]), with a record of
+//! every change ([`LinkChanges`], [`StateDir`]) so that it can all be put
+//! back, in this process or by [`ifdown`] in another. Works in the
+//! caller's network namespace; spawns nothing but `ovs-vsctl` (for Open
+//! vSwitch).
 
 #![forbid(unsafe_code)]
 
+mod bridge;
+pub mod ganeti;
+pub mod ovs;
+mod record;
+pub mod routed;
+mod setup;
 pub mod vlan;
 
+pub use bridge::PortVlan;
+pub use record::{DEFAULT_STATE_DIR, Owner, StateDir};
+pub use setup::{Ifdown, LinkChanges, LinkOptions, NicMode, configure, ifdown, owned_nic};
 pub use vlan::{VlanError, VlanKind, VlanSpec};
 
 use std::fmt;
@@ -39,6 +52,12 @@ pub enum LinkStep {
     Enslave(String),
     /// Releasing it from its bridge (undoing).
     Release,
+    /// Reading its bridge VLANs.
+    ReadVlans,
+    /// Adding (or changing) this bridge VLAN.
+    AddVlan(u16),
+    /// Removing this bridge VLAN (undoing).
+    DelVlan(u16),
 }
 
 impl fmt::Display for LinkStep {
@@ -52,6 +71,9 @@ impl fmt::Display for LinkStep {
             Self::SetMac(mac) => write!(f, "setting MAC {mac}"),
             Self::Enslave(bridge) => write!(f, "adding it to bridge \"{bridge}\""),
             Self::Release => f.write_str("releasing it from its bridge"),
+            Self::ReadVlans => f.write_str("reading its bridge VLANs"),
+            Self::AddVlan(vid) => write!(f, "adding bridge VLAN {vid}"),
+            Self::DelVlan(vid) => write!(f, "removing bridge VLAN {vid}"),
         }
     }
 }
@@ -113,12 +135,105 @@ pub enum LinkError {
     /// An MTU outside what a tap takes.
     #[error("invalid MTU {0}: a tap takes {TAP_MIN_MTU} to {TAP_MAX_MTU}")]
     InvalidMtu(u32),
+    /// A NIC mode vmtap does not know.
+    #[error("unknown NIC mode \"{0}\": vmtap does bridged, routed and openvswitch")]
+    UnknownMode(String),
+    /// A bridged or openvswitch NIC without its bridge or switch.
+    #[error("a {mode} NIC needs a {}: give --link (LINK)", if *mode == "bridged" { "bridge" } else { "switch" })]
+    MissingLink {
+        /// The mode.
+        mode: &'static str,
+    },
+    /// A bridge or switch name that is no interface name.
+    #[error("\"{name}\" is not a valid {} name (1 to 15 bytes, no '/', ':', spaces or leading '-')", if *mode == "bridged" { "bridge" } else { "switch" })]
+    InvalidLinkName {
+        /// The mode.
+        mode: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// A routed NIC without an address (Ganeti's words).
+    #[error("Routed NIC but no IP address specified")]
+    NoIp,
+    /// An address that is no NIC's address.
+    #[error(
+        "invalid IP address \"{0}\" for a routed NIC (one unicast IPv4 or IPv6 address each, no prefix length, none twice)"
+    )]
+    InvalidIp(String),
+    /// A routing table name that iproute2 could not take.
+    #[error("\"{0}\" is not a routing table name or number")]
+    InvalidTableName(String),
+    /// A VLAN on a mode that has none.
+    #[error(
+        "a VLAN is given, but a {0} NIC has no VLANs (VLANs are for bridged and openvswitch NICs)"
+    )]
+    VlanInMode(&'static str),
+    /// A VLAN spec Ganeti would refuse.
+    #[error(transparent)]
+    Vlan(#[from] VlanError),
+    /// VLANs asked on a bridge that does not filter VLANs.
+    #[error(
+        "bridge \"{0}\" does not filter VLANs, so it cannot give a port VLANs: turn it on with `ip link set {0} type bridge vlan_filtering 1` (the kernel needs CONFIG_BRIDGE_VLAN_FILTERING)"
+    )]
+    NoVlanFiltering(String),
+    /// A routed-mode step failed.
+    #[error(transparent)]
+    Routed(#[from] routed::RoutedError),
+    /// An Open vSwitch step failed.
+    #[error(transparent)]
+    Ovs(#[from] ovs::OvsError),
+    /// The record of a NIC's changes could not be read or written.
+    #[error("NIC record {}: {source}", path.display())]
+    State {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A record that is not one vmtap wrote.
+    #[error("NIC record {} is unreadable ({problem}): remove it if the NIC's host set-up was cleaned up by hand", path.display())]
+    BadRecord {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Ganeti's NIC script variables are missing or contradict.
+    #[error("{0}")]
+    InvalidEnv(String),
+    /// The network namespace's cookie could not be read (Linux 5.14+).
+    #[error("reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14 or later): {0}")]
+    Netns(#[source] io::Error),
+    /// Another process holds the NIC's lock.
+    #[error("another vmtap is setting up or tearing down this NIC (lock {} held for {seconds} s)", path.display())]
+    Busy {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// How long we waited.
+        seconds: u64,
+    },
 }
 
 impl LinkError {
     /// True for errors in the caller's input (nothing was touched).
     pub fn is_invalid_input(&self) -> bool {
-        matches!(self, Self::InvalidMac { .. } | Self::InvalidMtu(_))
+        match self {
+            Self::InvalidMac { .. }
+            | Self::InvalidMtu(_)
+            | Self::UnknownMode(_)
+            | Self::MissingLink { .. }
+            | Self::InvalidLinkName { .. }
+            | Self::NoIp
+            | Self::InvalidIp(_)
+            | Self::InvalidTableName(_)
+            | Self::VlanInMode(_)
+            | Self::Vlan(_)
+            | Self::InvalidEnv(_) => true,
+            Self::Routed(e) => e.is_invalid_input(),
+            Self::Ovs(e) => e.is_invalid_input(),
+            _ => false,
+        }
     }
 }
 
@@ -267,7 +382,7 @@ impl Rtnl {
     }
 
     /// Sets the link administratively up or down.
-    fn set_admin(&mut self, link: &LinkState, up: bool) -> Result<(), LinkError> {
+    pub(crate) fn set_admin(&mut self, link: &LinkState, up: bool) -> Result<(), LinkError> {
         let mut msg = LinkMessage::default();
         if up {
             msg.header.flags = LinkFlags::Up;
@@ -313,7 +428,7 @@ impl Rtnl {
         self.set_master_index(link, master.index, &master.name)
     }
 
-    fn set_master_index(
+    pub(crate) fn set_master_index(
         &mut self,
         link: &LinkState,
         index: u32,
@@ -328,243 +443,6 @@ impl Rtnl {
         };
         self.set(link, step, msg)
     }
-}
-
-/// Options of [`configure`]: what to do to the host side of a tap. Build
-/// it with the setters (more settings, such as link modes, will come).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LinkOptions {
-    /// MTU to set (with a bridge: the bridge's, unless given).
-    pub mtu: Option<u32>,
-    /// MAC to set (with a bridge: the tap's own with its first byte set to
-    /// 0xfe, unless given, so the bridge never takes the tap's address).
-    pub mac: Option<MacAddr>,
-    /// Bridge to enslave the tap to.
-    pub bridge: Option<String>,
-    /// Bring the link up (always done with a bridge).
-    pub up: bool,
-}
-
-impl LinkOptions {
-    /// Nothing to do.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets (or, with `None`, leaves alone) the MTU.
-    pub fn mtu(mut self, mtu: impl Into<Option<u32>>) -> Self {
-        self.mtu = mtu.into();
-        self
-    }
-    /// Sets (or, with `None`, leaves alone) the MAC address.
-    pub fn mac(mut self, mac: impl Into<Option<MacAddr>>) -> Self {
-        self.mac = mac.into();
-        self
-    }
-    /// Enslaves the tap to this bridge.
-    pub fn bridge(mut self, bridge: impl Into<String>) -> Self {
-        self.bridge = Some(bridge.into());
-        self
-    }
-    /// Brings the link up.
-    pub fn up(mut self, up: bool) -> Self {
-        self.up = up;
-        self
-    }
-
-    /// True when nothing is to be done.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
-    /// Checks the options and the host before anything is created: the
-    /// MTU is one a tap takes, and the bridge exists, is a Linux bridge and
-    /// has an MTU a tap can take (unless an MTU is given).
-    pub fn check(&self) -> Result<(), LinkError> {
-        if let Some(mtu) = self.mtu {
-            check_tap_mtu(mtu)?;
-        }
-        if let Some(br) = &self.bridge {
-            let mut nl = Rtnl::open_for(br)?;
-            let bridge = require_bridge(&mut nl, br)?;
-            if self.mtu.is_none() {
-                bridge_mtu(&bridge)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn require_bridge(nl: &mut Rtnl, name: &str) -> Result<LinkState, LinkError> {
-    let b = nl.require(name)?;
-    if b.kind.as_deref() != Some("bridge") {
-        return Err(LinkError::NotABridge(name.to_string()));
-    }
-    Ok(b)
-}
-
-fn bridge_mtu(bridge: &LinkState) -> Result<Option<u32>, LinkError> {
-    match bridge.mtu {
-        Some(mtu) if mtu > TAP_MAX_MTU => Err(LinkError::BridgeMtu {
-            bridge: bridge.name.clone(),
-            mtu,
-        }),
-        other => Ok(other),
-    }
-}
-
-/// One change [`configure`] made, with the value to put back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Undo {
-    Mtu(u32),
-    Mac(MacAddr),
-    Master(u32),
-    Down,
-}
-
-/// What [`configure`] changed on a link, so that it can be put back when
-/// a later step fails (for a tap that outlives the failure: a persistent
-/// tap that was attached to). A new tap needs none of this: it goes away
-/// with its fds.
-#[derive(Debug)]
-#[must_use = "call keep() when the changes are to stay, undo() when a later step failed"]
-pub struct LinkChanges {
-    ifname: String,
-    index: u32,
-    undo: Vec<Undo>,
-}
-
-impl LinkChanges {
-    /// True when nothing was changed.
-    pub fn is_empty(&self) -> bool {
-        self.undo.is_empty()
-    }
-
-    /// The changes stay.
-    pub fn keep(self) {}
-
-    /// Puts every changed setting back, last change first. Every step is
-    /// tried; the first failure is returned.
-    pub fn undo(self) -> Result<(), LinkError> {
-        if self.undo.is_empty() {
-            return Ok(());
-        }
-        let mut nl = Rtnl::open_for(&self.ifname)?;
-        let link = LinkState {
-            index: self.index,
-            name: self.ifname.clone(),
-            ..LinkState::default()
-        };
-        let mut first = None;
-        for step in self.undo.iter().rev() {
-            log::debug!("{}: undoing {step:?}", self.ifname);
-            let r = match step {
-                Undo::Mtu(mtu) => nl.set_mtu(&link, *mtu),
-                Undo::Mac(mac) => nl.set_mac(&link, *mac),
-                Undo::Master(index) => nl.set_master_index(&link, *index, ""),
-                Undo::Down => nl.set_admin(&link, false),
-            };
-            if let Err(e) = r {
-                log::warn!("could not undo a change on {}: {e}", self.ifname);
-                first.get_or_insert(e);
-            }
-        }
-        first.map_or(Ok(()), Err)
-    }
-}
-
-/// Configures the host side of `ifname` as Ganeti's bridged mode does:
-/// MTU, MAC, bridge, then up. Each step is skipped when already done.
-///
-/// Returns what was changed. If a step fails, the steps before it are
-/// undone before the error is returned.
-pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkError> {
-    let mut changes = LinkChanges {
-        ifname: ifname.to_string(),
-        index: 0,
-        undo: Vec::new(),
-    };
-    if opts.is_empty() {
-        return Ok(changes);
-    }
-    if let Some(mtu) = opts.mtu {
-        check_tap_mtu(mtu)?;
-    }
-    let mut nl = Rtnl::open_for(ifname)?;
-    let bridge = match &opts.bridge {
-        Some(br) => Some(require_bridge(&mut nl, br)?),
-        None => None,
-    };
-    let tap = nl.require(ifname)?;
-    changes.index = tap.index;
-    let result = apply(&mut nl, &tap, bridge.as_ref(), opts, &mut changes.undo);
-    match result {
-        Ok(()) => Ok(changes),
-        Err(e) => {
-            let _ = changes.undo();
-            Err(e)
-        }
-    }
-}
-
-fn apply(
-    nl: &mut Rtnl,
-    tap: &LinkState,
-    bridge: Option<&LinkState>,
-    opts: &LinkOptions,
-    undo: &mut Vec<Undo>,
-) -> Result<(), LinkError> {
-    let ifname = &tap.name;
-    // Checked before anything changes.
-    if let (Some(b), Some(m)) = (bridge, tap.master)
-        && m != b.index
-    {
-        let master = nl
-            .link_by_index(m)?
-            .map_or_else(|| format!("index {m}"), |l| l.name);
-        return Err(LinkError::OtherMaster {
-            ifname: ifname.clone(),
-            master,
-            bridge: b.name.clone(),
-        });
-    }
-    let mtu = match opts.mtu {
-        Some(mtu) => Some(mtu),
-        None => bridge.map(bridge_mtu).transpose()?.flatten(),
-    };
-    if let Some(mtu) = mtu
-        && tap.mtu != Some(mtu)
-    {
-        log::debug!("{ifname}: MTU {mtu}");
-        nl.set_mtu(tap, mtu)?;
-        undo.extend(tap.mtu.map(Undo::Mtu));
-    }
-    let mac = opts.mac.or_else(|| {
-        bridge?;
-        let mut m = tap.mac?;
-        m[0] = 0xfe;
-        Some(MacAddr(m))
-    });
-    if let Some(mac) = mac
-        && tap.mac != Some(mac.0)
-    {
-        log::debug!("{ifname}: MAC {mac}");
-        nl.set_mac(tap, mac)?;
-        undo.extend(tap.mac.map(|m| Undo::Mac(MacAddr(m))));
-    }
-    if let Some(b) = bridge
-        && tap.master != Some(b.index)
-    {
-        log::debug!("{ifname}: enslaving to {}", b.name);
-        nl.set_master(tap, b)?;
-        undo.push(Undo::Master(tap.master.unwrap_or(0)));
-    }
-    if (opts.up || bridge.is_some()) && !tap.up {
-        log::debug!("{ifname}: up");
-        nl.set_up(tap)?;
-        undo.push(Undo::Down);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

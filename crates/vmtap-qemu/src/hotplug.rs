@@ -187,6 +187,19 @@ pub enum HotplugError {
     /// Host-side link set-up failed.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The NIC is out of QEMU, but undoing its host-side set-up failed.
+    #[error(
+        "NIC \"{id}\" is removed from QEMU, but undoing the host set-up of {ifname} failed: {source} (run `vmtap ifdown {ifname}` to finish)"
+    )]
+    HostCleanup {
+        /// The NIC's id.
+        id: String,
+        /// Its host tap.
+        ifname: String,
+        /// What failed.
+        #[source]
+        source: Box<LinkError>,
+    },
     /// A QMP step failed. For an add, the steps before it were undone,
     /// except what `remaining` lists.
     #[error(
@@ -557,8 +570,13 @@ pub fn add(tun: &Tun, mon: &Monitor, opts: &HotplugOptions) -> Result<String, Ho
         .map_err(|e| HotplugError::step(Op::Add, id, Step::Connect, e))?;
     ensure_free(&mut qmp, id)?;
     let tap = tun.open(&opts.open)?;
-    // A failed step undoes the ones before it inside configure().
-    let changes = link::configure(tap.name(), &opts.link)?;
+    // A failed step undoes the ones before it inside configure(). A mode's
+    // record names this NIC, so that `del` finds it.
+    let mut link_opts = opts.link.clone();
+    if link_opts.mode.is_some() {
+        link_opts = link_opts.owner(owner(mon, id));
+    }
+    let changes = link::configure(tap.name(), &link_opts)?;
     match plug_on(mon, qmp, id, &tap, &opts.driver, opts.mac) {
         Ok(()) => {
             changes.keep();
@@ -569,7 +587,9 @@ pub fn add(tun: &Tun, mon: &Monitor, opts: &HotplugOptions) -> Result<String, Ho
             // A new tap goes with its fds, settings and all (or stays with
             // QEMU's copies, as the error says); a tap that was attached
             // to outlives this, so its settings are put back.
-            if opts.open.attach_existing {
+            // Changes that outlive a tap (rules, an OVS port) are undone
+            // unless QEMU may still hold the tap.
+            if opts.open.attach_existing || e.remaining().is_empty() {
                 if let Err(u) = changes.undo() {
                     log::warn!("{u}");
                 }
@@ -578,6 +598,14 @@ pub fn add(tun: &Tun, mon: &Monitor, opts: &HotplugOptions) -> Result<String, Ho
             }
             Err(e)
         }
+    }
+}
+
+/// The record owner of NIC `id` of this QEMU.
+fn owner(mon: &Monitor, id: &str) -> link::Owner {
+    link::Owner {
+        qmp: std::fs::canonicalize(&mon.path).unwrap_or_else(|_| mon.path.clone()),
+        id: id.to_string(),
     }
 }
 
@@ -878,6 +906,16 @@ fn unplug_pending(e: &QmpError) -> bool {
 /// [`HotplugError::NoSuchNic`]; a device that is not a NIC is
 /// [`HotplugError::NotANic`] (nothing touched).
 pub fn del(mon: &Monitor, id: &str) -> Result<(), HotplugError> {
+    del_in(mon, id, None)
+}
+
+/// [`del`], with the NIC records in `state_dir` (default:
+/// [`link::StateDir::from_env`]).
+pub fn del_in(
+    mon: &Monitor,
+    id: &str,
+    state_dir: Option<&link::StateDir>,
+) -> Result<(), HotplugError> {
     validate_id(id)?;
     let fail = |step: Step, e: QmpError, remaining: Vec<Leftover>| HotplugError::Step {
         op: Op::Del,
@@ -911,14 +949,43 @@ pub fn del(mon: &Monitor, id: &str) -> Result<(), HotplugError> {
             nic,
         });
     } else if !p.netdev {
+        // Gone from QEMU already: a del that failed at the host clean-up
+        // finishes it when run again.
+        if host_cleanup(mon, id, state_dir)? {
+            return Ok(());
+        }
         return Err(HotplugError::NoSuchNic(id.to_string()));
     }
     match qmp.execute::<IgnoredAny>("netdev_del", Some(json!({ "id": id }))) {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         // The device used a netdev of another name.
-        Err(e) if e.class() == Some("DeviceNotFound") && p.device => Ok(()),
-        Err(e) => Err(fail(Step::NetdevDel, e, vec![Leftover::Netdev(id.into())])),
+        Err(e) if e.class() == Some("DeviceNotFound") && p.device => {}
+        Err(e) => return Err(fail(Step::NetdevDel, e, vec![Leftover::Netdev(id.into())])),
     }
+    host_cleanup(mon, id, state_dir).map(drop)
+}
+
+/// Undoes what `add` set up on the host for NIC `id` in a NIC mode (on
+/// record): whether there was a record.
+fn host_cleanup(
+    mon: &Monitor,
+    id: &str,
+    state_dir: Option<&link::StateDir>,
+) -> Result<bool, HotplugError> {
+    let dir = state_dir.cloned().unwrap_or_else(link::StateDir::from_env);
+    let cleanup = |ifname: String, source| HotplugError::HostCleanup {
+        id: id.to_string(),
+        ifname,
+        source: Box::new(source),
+    };
+    let Some(ifname) =
+        link::owned_nic(&owner(mon, id), &dir).map_err(|e| cleanup("its tap".into(), e))?
+    else {
+        return Ok(false);
+    };
+    link::ifdown(&ifname, &dir).map_err(|e| cleanup(ifname.clone(), e))?;
+    log::debug!("undid the host set-up of {ifname}");
+    Ok(true)
 }
 
 /// `data` of `DEVICE_DELETED`.

@@ -63,12 +63,10 @@ pub fn open_and_exec(
         Err(e) => return e.into(),
     };
     let err = exec_with_tap(tap, id, program, args);
-    if opts.attach_existing {
-        if let Err(e) = changes.undo() {
-            log::warn!("{e}");
-        }
-    } else {
-        changes.keep();
+    // Nothing uses the tap: put back what outlives it (a persistent tap's
+    // settings, routing rules, an OVS port), and the rest with it.
+    if let Err(e) = changes.undo() {
+        log::warn!("{e}");
     }
     err
 }

@@ -365,6 +365,35 @@ pub fn unshare_network_namespace() -> io::Result<()> {
     check(unsafe { libc::unshare(libc::CLONE_NEWNET) })
 }
 
+/// The cookie of the calling thread's network namespace
+/// (`SO_NETNS_COOKIE`, Linux 5.14): unique for the life of the system and
+/// never reused, unlike the namespace's inode number.
+pub fn netns_cookie() -> io::Result<u64> {
+    // SAFETY: socket() takes no pointers; the fd it returns is owned at
+    // once.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(raw)?;
+    // SAFETY: `raw` is a new fd nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes to `cookie`, which
+    // lives across the call, and sets `len` to what it wrote.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    })?;
+    if len as usize != std::mem::size_of::<u64>() {
+        return Err(io::Error::other("SO_NETNS_COOKIE: unexpected length"));
+    }
+    Ok(cookie)
+}
+
 /// The uid of user `name` (through NSS, as `getpwnam_r`), or `None`.
 pub fn user_id(name: &str) -> io::Result<Option<u32>> {
     let Ok(cname) = CString::new(name) else {

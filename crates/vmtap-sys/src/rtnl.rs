@@ -11,7 +11,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridge, InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -63,6 +63,8 @@ pub struct LinkState {
     pub kind: Option<String>,
     /// The tun driver's attributes, for a TUN/TAP device.
     pub tun: Option<TunLinkInfo>,
+    /// For a bridge: whether it filters VLANs (`IFLA_BR_VLAN_FILTERING`).
+    pub vlan_filtering: Option<bool>,
 }
 
 /// A route-netlink socket in the caller's network namespace.
@@ -133,6 +135,12 @@ fn parse_link(msg: &LinkMessage) -> LinkState {
                         LinkInfo::Kind(InfoKind::Other(k)) => st.kind = Some(k.clone()),
                         LinkInfo::Kind(k) => st.kind = Some(k.to_string()),
                         LinkInfo::Data(InfoData::Tun(nlas)) => st.tun = Some(parse_tun(nlas)),
+                        LinkInfo::Data(InfoData::Bridge(nlas)) => {
+                            st.vlan_filtering = nlas.iter().find_map(|n| match n {
+                                InfoBridge::VlanFiltering(on) => Some(*on),
+                                _ => None,
+                            });
+                        }
                         _ => {}
                     }
                 }

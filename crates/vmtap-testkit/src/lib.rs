@@ -104,6 +104,19 @@ pub fn skip(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
+/// Reports a test that this kernel cannot run (a feature it was built
+/// without, such as bridge VLAN filtering), loudly, without failing: such
+/// a test runs where the kernel has the feature (the guest-kernel lane).
+/// `VMTAP_REQUIRE_KERNEL=1` makes it a failure, for that lane.
+pub fn not_run_here(why: &str) {
+    assert!(
+        std::env::var("VMTAP_REQUIRE_KERNEL").as_deref() != Ok("1"),
+        "test required but this kernel cannot run it: {why}"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "NOT RUN (this kernel): {why}");
+}
+
 /// `ip -d link show dev NAME` in the calling thread's namespace.
 pub fn ip_details(name: &str) -> String {
     ip(&["-d", "link", "show", "dev", name])
@@ -304,4 +317,27 @@ pub fn reexec_in_private_namespace() {
 pub fn median(v: &mut [std::time::Duration]) -> std::time::Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// This test process's directory of NIC records, under `tmp` (the test's
+/// `CARGO_TARGET_TMPDIR`): never the host's `/run/vmtap`. Named by pid and
+/// start time so that no run sees another's records.
+pub fn state_dir(tmp: &str) -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        std::path::Path::new(tmp).join(format!("state-{}-{t}", std::process::id()))
+    })
+    .clone()
+}
+
+/// A command for the vmtap binary `bin` with its NIC records in
+/// [`state_dir`]`(tmp)`.
+pub fn vmtap_command(bin: &str, tmp: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.env("VMTAP_STATE_DIR", state_dir(tmp));
+    c
 }

@@ -1,0 +1,1017 @@
+//! Setting up the host side of a tap in one of Ganeti's NIC modes, and
+//! undoing it: [`configure`] (and [`LinkChanges`]) in one process,
+//! [`ifdown`] from another, through the record kept on disk.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bridge::PortVlan;
+use crate::ovs::Ovs;
+use crate::record::{Journal, Owner, Record, StateDir};
+use crate::routed::{self, Family, IifRule, MAIN_TABLE, Sysctl};
+use crate::vlan::{VlanKind, VlanSpec};
+use crate::{LinkError, LinkState, MacAddr, Rtnl, TAP_MAX_MTU, check_tap_mtu};
+
+/// How a tap joins the host network: Ganeti's NIC modes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum NicMode {
+    /// A port of a Linux bridge: MAC first byte 0xfe, the bridge's MTU,
+    /// enslaved, up; with a VLAN spec, the port's VLANs (the bridge must
+    /// filter VLANs).
+    Bridged {
+        /// The bridge.
+        bridge: String,
+        /// The port's VLANs.
+        vlan: Option<VlanSpec>,
+    },
+    /// Routed: up, a host route to each address through the tap (in
+    /// `table`, with a rule `iif TAP lookup TABLE`, else in main), proxy
+    /// ARP/NDP and forwarding on the tap.
+    Routed {
+        /// The NIC's addresses (at least one).
+        ips: Vec<IpAddr>,
+        /// The routing table, by name or number, as given.
+        table: Option<String>,
+    },
+    /// A port of an Open vSwitch switch, with its VLANs.
+    Openvswitch {
+        /// The switch.
+        switch: String,
+        /// The port's VLANs.
+        vlan: Option<VlanSpec>,
+    },
+}
+
+impl NicMode {
+    /// Bridged on `bridge`, no VLAN.
+    pub fn bridged(bridge: impl Into<String>) -> Self {
+        Self::Bridged {
+            bridge: bridge.into(),
+            vlan: None,
+        }
+    }
+
+    /// Builds a mode from Ganeti's words: `mode` (`bridged`, `routed`,
+    /// `openvswitch`), `link` (the bridge, the switch, or the routing
+    /// table), a VLAN spec, and the NIC's addresses. Refuses what does not
+    /// make a NIC: an unknown mode, no bridge or switch, a routed NIC
+    /// without an address, a VLAN on a routed NIC, a bad name or address.
+    pub fn parse(
+        mode: &str,
+        link: Option<&str>,
+        vlan: Option<&str>,
+        ips: &[&str],
+    ) -> Result<Self, LinkError> {
+        let link = link.filter(|l| !l.is_empty());
+        let vlan = vlan
+            .filter(|v| !v.is_empty())
+            .map(str::parse::<VlanSpec>)
+            .transpose()?;
+        let named = |what: &'static str| -> Result<String, LinkError> {
+            let name = link.ok_or(LinkError::MissingLink { mode: what })?;
+            check_link_name(what, name)?;
+            Ok(name.to_string())
+        };
+        match mode {
+            "bridged" => Ok(Self::Bridged {
+                bridge: named("bridged")?,
+                vlan,
+            }),
+            "openvswitch" => Ok(Self::Openvswitch {
+                switch: named("openvswitch")?,
+                vlan,
+            }),
+            "routed" => {
+                if vlan.is_some() {
+                    return Err(LinkError::VlanInMode("routed"));
+                }
+                let ips = ips
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse::<IpAddr>()
+                            .map_err(|_| LinkError::InvalidIp(s.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if ips.is_empty() {
+                    return Err(LinkError::NoIp);
+                }
+                for (i, ip) in ips.iter().enumerate() {
+                    if ip.is_unspecified() || ip.is_multicast() || ips[..i].contains(ip) {
+                        return Err(LinkError::InvalidIp(ip.to_string()));
+                    }
+                }
+                if let Some(t) = link {
+                    check_table_syntax(t)?;
+                }
+                Ok(Self::Routed {
+                    ips,
+                    table: link.map(str::to_string),
+                })
+            }
+            other => Err(LinkError::UnknownMode(other.to_string())),
+        }
+    }
+
+    /// `bridged`, `routed` or `openvswitch`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Bridged { .. } => "bridged",
+            Self::Routed { .. } => "routed",
+            Self::Openvswitch { .. } => "openvswitch",
+        }
+    }
+}
+
+impl fmt::Display for NicMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bridged { bridge: l, vlan } | Self::Openvswitch { switch: l, vlan } => {
+                write!(f, "{} on \"{l}\"", self.name())?;
+                if let Some(v) = vlan {
+                    write!(f, " VLAN {v}")?;
+                }
+                Ok(())
+            }
+            Self::Routed { ips, table } => {
+                write!(f, "routed")?;
+                for ip in ips {
+                    write!(f, " {ip}")?;
+                }
+                if let Some(t) = table {
+                    write!(f, " table {t}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A bridge's or switch's name must be an interface name.
+fn check_link_name(mode: &'static str, name: &str) -> Result<(), LinkError> {
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.starts_with('-')
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(LinkError::InvalidLinkName {
+            mode,
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A routing table's name or number: what iproute2 could take.
+fn check_table_syntax(table: &str) -> Result<(), LinkError> {
+    let ok = !table.is_empty()
+        && table.len() <= 64
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(LinkError::InvalidTableName(table.to_string()))
+    }
+}
+
+/// One change made to the host, with what it takes to undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub(crate) enum Step {
+    Mtu { before: u32 },
+    Mac { before: [u8; 6] },
+    Master { before: u32 },
+    Up,
+    PortVlan { vid: u16, before: Option<PortVlan> },
+    Rule { rule: IifRule },
+    Route { ip: IpAddr, table: u32 },
+    Sysctl { sysctl: Sysctl },
+    OvsPort { bridge: String },
+}
+
+impl Step {
+    /// Whether the change outlives the interface (a rule naming it, a
+    /// port in the OVS database): everything else goes with the device.
+    fn outlives_link(&self) -> bool {
+        matches!(self, Self::Rule { .. } | Self::OvsPort { .. })
+    }
+}
+
+/// Options of [`configure`]: what to do to the host side of a tap. Build
+/// it with the setters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LinkOptions {
+    /// MTU to set (bridged: the bridge's, unless given).
+    pub mtu: Option<u32>,
+    /// MAC to set (bridged: the tap's own with its first byte set to
+    /// 0xfe, unless given, so the bridge never takes the tap's address).
+    pub mac: Option<MacAddr>,
+    /// How the tap joins the host network.
+    pub mode: Option<NicMode>,
+    /// Bring the link up (always done in a mode).
+    pub up: bool,
+    /// Where the record of the changes is kept (default:
+    /// [`StateDir::from_env`]). Only a mode keeps a record.
+    pub state_dir: Option<StateDir>,
+    /// Who set the NIC up (a hot-plug), saved in the record.
+    pub owner: Option<Owner>,
+}
+
+impl LinkOptions {
+    /// Nothing to do.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets (or, with `None`, leaves alone) the MTU.
+    pub fn mtu(mut self, mtu: impl Into<Option<u32>>) -> Self {
+        self.mtu = mtu.into();
+        self
+    }
+    /// Sets (or, with `None`, leaves alone) the MAC address.
+    pub fn mac(mut self, mac: impl Into<Option<MacAddr>>) -> Self {
+        self.mac = mac.into();
+        self
+    }
+    /// Bridged mode on this bridge, no VLAN.
+    pub fn bridge(self, bridge: impl Into<String>) -> Self {
+        self.mode(NicMode::bridged(bridge))
+    }
+    /// Sets (or, with `None`, leaves alone) the NIC mode.
+    pub fn mode(mut self, mode: impl Into<Option<NicMode>>) -> Self {
+        self.mode = mode.into();
+        self
+    }
+    /// Brings the link up.
+    pub fn up(mut self, up: bool) -> Self {
+        self.up = up;
+        self
+    }
+    /// Keeps the record of the changes in this directory.
+    pub fn state_dir(mut self, dir: StateDir) -> Self {
+        self.state_dir = Some(dir);
+        self
+    }
+    /// Records who set the NIC up.
+    pub fn owner(mut self, owner: impl Into<Option<Owner>>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// True when nothing is to be done.
+    pub fn is_empty(&self) -> bool {
+        self.mtu.is_none() && self.mac.is_none() && self.mode.is_none() && !self.up
+    }
+
+    /// Checks the options and the host before anything is created: the
+    /// MTU is one a tap takes; a bridge exists, is a Linux bridge, has an
+    /// MTU a tap can take (unless an MTU is given) and filters VLANs if a
+    /// VLAN is asked; a routing table is known; an Open vSwitch switch
+    /// exists.
+    pub fn check(&self) -> Result<(), LinkError> {
+        if let Some(mtu) = self.mtu {
+            check_tap_mtu(mtu)?;
+        }
+        match &self.mode {
+            None => {}
+            Some(NicMode::Bridged { bridge, vlan }) => {
+                let mut nl = Rtnl::open_for(bridge)?;
+                let b = require_bridge(&mut nl, bridge, vlan.as_ref())?;
+                if self.mtu.is_none() {
+                    bridge_mtu(&b)?;
+                }
+            }
+            Some(NicMode::Routed { table: Some(t), .. }) => {
+                routed::resolve_table(t)?;
+            }
+            Some(NicMode::Routed { table: None, .. }) => {}
+            Some(NicMode::Openvswitch { switch, .. })
+                if !Ovs::from_env().bridge_exists(switch)? =>
+            {
+                return Err(crate::ovs::OvsError::NoSuchBridge(switch.clone()).into());
+            }
+            Some(NicMode::Openvswitch { .. }) => {}
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn require_bridge(
+    nl: &mut Rtnl,
+    name: &str,
+    vlan: Option<&VlanSpec>,
+) -> Result<LinkState, LinkError> {
+    let b = nl.require(name)?;
+    if b.kind.as_deref() != Some("bridge") {
+        return Err(LinkError::NotABridge(name.to_string()));
+    }
+    if vlan.is_some() && b.vlan_filtering != Some(true) {
+        return Err(LinkError::NoVlanFiltering(name.to_string()));
+    }
+    Ok(b)
+}
+
+fn bridge_mtu(bridge: &LinkState) -> Result<Option<u32>, LinkError> {
+    match bridge.mtu {
+        Some(mtu) if mtu > TAP_MAX_MTU => Err(LinkError::BridgeMtu {
+            bridge: bridge.name.clone(),
+            mtu,
+        }),
+        other => Ok(other),
+    }
+}
+
+/// What [`configure`] changed on the host, so that it can be put back
+/// when a later step fails (a tap that outlives the failure, or a change
+/// that outlives the tap). In a mode, the changes are also on record for
+/// [`ifdown`].
+#[derive(Debug)]
+#[must_use = "call keep() when the changes are to stay, undo() when a later step failed"]
+pub struct LinkChanges {
+    ifname: String,
+    index: u32,
+    done: Vec<Step>,
+    journal: Option<Journal>,
+}
+
+impl LinkChanges {
+    /// True when nothing was changed.
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty()
+    }
+
+    /// The changes stay (and stay on record).
+    pub fn keep(self) {}
+
+    /// Puts back every change this set-up made, last first. Every step is
+    /// tried; the first failure is returned (and what could not be undone
+    /// stays on record).
+    pub fn undo(mut self) -> Result<(), LinkError> {
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let mut nl = Rtnl::open_for(&self.ifname)?;
+        let link = nl.link(&self.ifname)?.filter(|l| l.index == self.index);
+        let ovs = ovs_for(self.journal.as_ref().and_then(|j| j.record.as_ref()));
+        let done = std::mem::take(&mut self.done);
+        let failed = undo_steps(&mut nl, &self.ifname, link.as_ref(), ovs, &done);
+        if let Some(j) = &mut self.journal {
+            if let Some(r) = &mut j.record {
+                for step in done.iter().rev() {
+                    if !failed.iter().any(|(s, _)| s == step)
+                        && let Some(i) = r.steps.iter().rposition(|s| s == step)
+                    {
+                        r.steps.remove(i);
+                    }
+                }
+            }
+            j.save()?;
+        }
+        failed.into_iter().next().map_or(Ok(()), |(_, e)| Err(e))
+    }
+}
+
+/// The Open vSwitch a record's port was added through.
+fn ovs_for(record: Option<&Record>) -> Option<PathBuf> {
+    record.and_then(|r| r.ovs_db.clone())
+}
+
+/// Undoes `steps`, last first, on `ifname` (`link`: the same device, when
+/// it still exists). Changes that went with the device are skipped.
+/// Returns the steps that failed, with their errors.
+fn undo_steps(
+    nl: &mut Rtnl,
+    ifname: &str,
+    link: Option<&LinkState>,
+    ovs_db: Option<PathBuf>,
+    steps: &[Step],
+) -> Vec<(Step, LinkError)> {
+    let ovs = || match &ovs_db {
+        Some(db) => Ovs::from_env().db(db.clone()),
+        None => Ovs::from_env(),
+    };
+    let mut failed = Vec::new();
+    for step in steps.iter().rev() {
+        if link.is_none() && !step.outlives_link() {
+            // Gone with the device.
+            continue;
+        }
+        let r = match (step, link) {
+            (Step::Rule { rule }, _) => nl.del_rule(rule).map(drop).map_err(LinkError::from),
+            (Step::OvsPort { bridge }, _) => ovs()
+                .del_port(bridge, ifname)
+                .map(drop)
+                .map_err(LinkError::from),
+            (_, None) => Ok(()),
+            (Step::Mtu { before }, Some(l)) => nl.set_mtu(l, *before),
+            (Step::Mac { before }, Some(l)) => nl.set_mac(l, MacAddr(*before)),
+            (Step::Master { before }, Some(l)) => nl.set_master_index(l, *before, ""),
+            (Step::Up, Some(l)) => nl.set_admin(l, false),
+            (Step::PortVlan { vid, before }, Some(l)) => match before {
+                None => nl.del_port_vlan(l, *vid).map(drop),
+                Some(v) => nl.set_port_vlan(l, *v),
+            },
+            (Step::Route { ip, table }, Some(l)) => nl
+                .del_host_route(*ip, *table, l.index)
+                .map(drop)
+                .map_err(LinkError::from),
+            (Step::Sysctl { sysctl }, Some(_)) => {
+                routed::write_sysctl(ifname, *sysctl, false).map_err(LinkError::from)
+            }
+        };
+        log::debug!("{ifname}: undoing {step:?}");
+        if let Err(e) = r {
+            log::warn!("could not undo a change on {ifname}: {e}");
+            failed.push((step.clone(), e));
+        }
+    }
+    failed
+}
+
+/// The state of a set-up in progress.
+struct Setup<'a> {
+    nl: &'a mut Rtnl,
+    tap: LinkState,
+    done: Vec<Step>,
+    journal: Option<Journal>,
+}
+
+impl Setup<'_> {
+    /// Notes a change made, on record at once.
+    fn push(&mut self, step: Step) -> Result<(), LinkError> {
+        log::debug!("{}: done {step:?}", self.tap.name);
+        self.done.push(step.clone());
+        if let Some(j) = &mut self.journal
+            && let Some(r) = &mut j.record
+        {
+            r.steps.push(step);
+            j.save()?;
+        }
+        Ok(())
+    }
+
+    fn recorded(&self, step: &Step) -> bool {
+        self.journal
+            .as_ref()
+            .and_then(|j| j.record.as_ref())
+            .is_some_and(|r| r.steps.contains(step))
+    }
+
+    /// Forgets a recorded change that is no more (a rule removed).
+    fn forget(&mut self, step: &Step) -> Result<(), LinkError> {
+        if let Some(j) = &mut self.journal
+            && let Some(r) = &mut j.record
+            && let Some(i) = r.steps.iter().position(|s| s == step)
+        {
+            r.steps.remove(i);
+            j.save()?;
+        }
+        Ok(())
+    }
+
+    fn up(&mut self) -> Result<(), LinkError> {
+        if !self.tap.up {
+            self.nl.set_admin(&self.tap, true)?;
+            self.tap.up = true;
+            self.push(Step::Up)?;
+        }
+        Ok(())
+    }
+
+    fn base(&mut self, opts: &LinkOptions, bridge: Option<&LinkState>) -> Result<(), LinkError> {
+        let ifname = self.tap.name.clone();
+        if let (Some(b), Some(m)) = (bridge, self.tap.master)
+            && m != b.index
+        {
+            let master = self
+                .nl
+                .link_by_index(m)?
+                .map_or_else(|| format!("index {m}"), |l| l.name);
+            return Err(LinkError::OtherMaster {
+                ifname,
+                master,
+                bridge: b.name.clone(),
+            });
+        }
+        let mtu = match opts.mtu {
+            Some(mtu) => Some(mtu),
+            None => bridge.map(bridge_mtu).transpose()?.flatten(),
+        };
+        if let Some(mtu) = mtu
+            && self.tap.mtu != Some(mtu)
+        {
+            self.nl.set_mtu(&self.tap, mtu)?;
+            if let Some(before) = self.tap.mtu.replace(mtu) {
+                self.push(Step::Mtu { before })?;
+            }
+        }
+        let mac = opts.mac.or_else(|| {
+            bridge?;
+            let mut m = self.tap.mac?;
+            m[0] = 0xfe;
+            Some(MacAddr(m))
+        });
+        if let Some(mac) = mac
+            && self.tap.mac != Some(mac.0)
+        {
+            self.nl.set_mac(&self.tap, mac)?;
+            if let Some(before) = self.tap.mac.replace(mac.0) {
+                self.push(Step::Mac { before })?;
+            }
+        }
+        if let Some(b) = bridge
+            && self.tap.master != Some(b.index)
+        {
+            self.nl.set_master(&self.tap, b)?;
+            let before = self.tap.master.replace(b.index).unwrap_or(0);
+            self.push(Step::Master { before })?;
+        }
+        if opts.up || opts.mode.is_some() {
+            self.up()?;
+        }
+        Ok(())
+    }
+
+    /// The port's VLANs on a VLAN-filtering bridge, as Ganeti sets them:
+    /// the untagged VLAN as PVID and egress untagged, the others tagged.
+    /// VLANs the port has besides are left alone.
+    fn bridge_vlans(&mut self, spec: &VlanSpec) -> Result<(), LinkError> {
+        let before = self.nl.port_vlans(&self.tap)?;
+        let find = |vid: u16| before.iter().find(|v| v.vid == vid).copied();
+        if let Some(native) = spec.untagged
+            && let Some(old) = before.iter().find(|v| v.pvid && v.vid != native)
+        {
+            // Making `native` the PVID takes the flag from `old`; its
+            // undo gives it back (undone after `native`'s own).
+            self.push(Step::PortVlan {
+                vid: old.vid,
+                before: Some(*old),
+            })?;
+        }
+        for vid in spec.vids() {
+            let want = if Some(vid) == spec.untagged {
+                PortVlan::native(vid)
+            } else {
+                PortVlan::tagged(vid)
+            };
+            let had = find(vid);
+            if had != Some(want) {
+                self.nl.set_port_vlan(&self.tap, want)?;
+                self.push(Step::PortVlan { vid, before: had })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn routed(&mut self, ips: &[IpAddr], table: Option<u32>) -> Result<(), LinkError> {
+        let ifname = self.tap.name.clone();
+        let mut families: Vec<Family> = Vec::new();
+        for ip in ips {
+            let f = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
+            if !families.contains(&f) {
+                families.push(f);
+            }
+        }
+        if let Some(table) = table {
+            let rules = self.nl.iif_rules(&ifname)?;
+            let exact = rules.len() == families.len()
+                && families
+                    .iter()
+                    .all(|f| rules.iter().any(|r| r.family == *f && r.table == table));
+            if !exact {
+                // Stale rules for this name (a tap of an earlier life, or
+                // another table) go, as Ganeti's script does.
+                for rule in &rules {
+                    self.nl.del_rule(rule)?;
+                    self.forget(&Step::Rule { rule: rule.clone() })?;
+                }
+                for f in &families {
+                    self.nl.add_iif_rule(*f, &ifname, table)?;
+                    let added = self
+                        .nl
+                        .iif_rules(&ifname)?
+                        .into_iter()
+                        .filter(|r| r.family == *f && r.table == table)
+                        .collect::<Vec<_>>();
+                    for rule in added {
+                        self.push(Step::Rule { rule })?;
+                    }
+                }
+            }
+        }
+        let table = table.unwrap_or(MAIN_TABLE);
+        for ip in ips {
+            if !self.nl.host_route(*ip, table, self.tap.index)? {
+                self.nl.replace_host_route(*ip, table, self.tap.index)?;
+                self.push(Step::Route { ip: *ip, table })?;
+            }
+        }
+        for f in &families {
+            let sysctls = match f {
+                Family::V4 => [Sysctl::ProxyArp, Sysctl::Forwarding4],
+                Family::V6 => [Sysctl::ProxyNdp, Sysctl::Forwarding6],
+            };
+            for s in sysctls {
+                if !routed::read_sysctl(&ifname, s)? {
+                    routed::write_sysctl(&ifname, s, true)?;
+                    self.push(Step::Sysctl { sysctl: s })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn openvswitch(
+        &mut self,
+        ovs: &Ovs,
+        switch: &str,
+        vlan: Option<&VlanSpec>,
+    ) -> Result<(), LinkError> {
+        let ifname = self.tap.name.clone();
+        let (tag, trunks, vlan_mode) = match vlan {
+            None => (None, Vec::new(), None),
+            Some(v) => match v.kind() {
+                VlanKind::Access => (v.untagged, Vec::new(), None),
+                VlanKind::Trunk => (None, v.tagged.clone(), None),
+                VlanKind::Hybrid => (
+                    v.untagged,
+                    v.tagged.clone(),
+                    Some("native-untagged".to_string()),
+                ),
+            },
+        };
+        let now = ovs.port(&ifname)?;
+        let right = now.as_ref().is_some_and(|p| {
+            p.bridge == switch && p.tag == tag && p.trunks == trunks && p.vlan_mode == vlan_mode
+        });
+        if !right {
+            ovs.add_port(switch, &ifname, vlan)?;
+            let step = Step::OvsPort {
+                bridge: switch.to_string(),
+            };
+            if !self.recorded(&step) {
+                self.push(step)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets up the host side of `ifname`: MTU, MAC and up as asked, then the
+/// NIC mode (bridged, routed, openvswitch) as Ganeti's NIC scripts do,
+/// natively and idempotently: each step is skipped when already done, so
+/// a second call changes nothing. In a mode, every change is put on
+/// record (see [`StateDir`]) for [`ifdown`], and a record of an earlier
+/// tap of the same name is undone first (its rules and OVS port outlive
+/// it).
+///
+/// Returns what was changed. If a step fails, the steps before it are
+/// undone before the error is returned.
+pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkError> {
+    let mut changes = LinkChanges {
+        ifname: ifname.to_string(),
+        index: 0,
+        done: Vec::new(),
+        journal: None,
+    };
+    if opts.is_empty() {
+        return Ok(changes);
+    }
+    if let Some(mtu) = opts.mtu {
+        check_tap_mtu(mtu)?;
+    }
+    let mut nl = Rtnl::open_for(ifname)?;
+    // What the mode needs, checked before anything changes.
+    let mut bridge = None;
+    let mut table = None;
+    let mut ovs = None;
+    match &opts.mode {
+        None => {}
+        Some(NicMode::Bridged { bridge: br, vlan }) => {
+            bridge = Some(require_bridge(&mut nl, br, vlan.as_ref())?);
+        }
+        Some(NicMode::Routed { table: t, .. }) => {
+            table = t.as_deref().map(routed::resolve_table).transpose()?;
+        }
+        Some(NicMode::Openvswitch { .. }) => ovs = Some(Ovs::from_env()),
+    }
+    let tap = nl.require(ifname)?;
+    changes.index = tap.index;
+    if let Some(mode) = &opts.mode {
+        let dir = opts.state_dir.clone().unwrap_or_else(StateDir::from_env);
+        let mut journal = Journal::open(&dir, ifname)?;
+        let keep = match &journal.record {
+            Some(r) => r.index == tap.index && r.mode.as_ref() == Some(mode),
+            None => false,
+        };
+        if !keep && let Some(old) = journal.record.take() {
+            // An earlier tap of this name, or another mode: undo it.
+            let live = (old.index == tap.index).then_some(&tap);
+            log::debug!("{ifname}: undoing the record of an earlier set-up first");
+            let failed = undo_steps(&mut nl, ifname, live, ovs_for(Some(&old)), &old.steps);
+            if let Some((_, e)) = failed.into_iter().next() {
+                journal.record = Some(old);
+                return Err(e);
+            }
+            // The undo may have changed the tap.
+            let tap_now = nl.require(ifname)?;
+            return configure_fresh(nl, tap_now, opts, journal, bridge, table, ovs, changes);
+        }
+        return configure_fresh(nl, tap, opts, journal, bridge, table, ovs, changes);
+    }
+    let mut setup = Setup {
+        nl: &mut nl,
+        tap,
+        done: Vec::new(),
+        journal: None,
+    };
+    let result = setup.base(opts, bridge.as_ref());
+    changes.done = std::mem::take(&mut setup.done);
+    finish(changes, result)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn configure_fresh(
+    mut nl: Rtnl,
+    tap: LinkState,
+    opts: &LinkOptions,
+    mut journal: Journal,
+    bridge: Option<LinkState>,
+    table: Option<u32>,
+    ovs: Option<Ovs>,
+    mut changes: LinkChanges,
+) -> Result<LinkChanges, LinkError> {
+    let record = journal.record.get_or_insert_with(|| Record {
+        version: 1,
+        ifname: tap.name.clone(),
+        index: tap.index,
+        mode: opts.mode.clone(),
+        ovs_db: None,
+        owner: None,
+        steps: Vec::new(),
+    });
+    if let Some(o) = &opts.owner {
+        record.owner = Some(o.clone());
+    }
+    if let Some(ovs) = &ovs {
+        record.ovs_db = Some(PathBuf::from(ovs.db_path()));
+    }
+    let mut setup = Setup {
+        nl: &mut nl,
+        tap,
+        done: Vec::new(),
+        journal: Some(journal),
+    };
+    let result = (|| {
+        setup.base(opts, bridge.as_ref())?;
+        match &opts.mode {
+            Some(NicMode::Bridged {
+                vlan: Some(spec), ..
+            }) => setup.bridge_vlans(spec),
+            Some(NicMode::Routed { ips, .. }) => setup.routed(ips, table),
+            Some(NicMode::Openvswitch { switch, vlan }) => {
+                let ovs = ovs.as_ref().expect("looked up above");
+                setup.openvswitch(ovs, switch, vlan.as_ref())
+            }
+            _ => Ok(()),
+        }
+    })();
+    changes.done = std::mem::take(&mut setup.done);
+    changes.journal = setup.journal.take();
+    if let Some(j) = &changes.journal
+        && let Err(e) = j.save()
+        && result.is_ok()
+    {
+        let _ = changes.undo();
+        return Err(e);
+    }
+    finish(changes, result)
+}
+
+fn finish(changes: LinkChanges, result: Result<(), LinkError>) -> Result<LinkChanges, LinkError> {
+    match result {
+        Ok(()) => Ok(changes),
+        Err(e) => {
+            if let Err(u) = changes.undo() {
+                log::warn!("{u}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What [`ifdown`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ifdown {
+    /// The recorded changes were undone (`changes` of them; those that
+    /// went with the device count too).
+    Undone {
+        /// How many changes were on record.
+        changes: usize,
+    },
+    /// There was no record for the interface: nothing to undo.
+    NoRecord,
+}
+
+/// Undoes what [`configure`] recorded for `ifname` in this network
+/// namespace, and nothing else: the rules, routes, sysctls, bridge VLANs,
+/// OVS port, up state, bridge port, MAC and MTU it changed. Works when
+/// the tap is gone (then only what outlives it is left to undo: rules and
+/// the OVS port). What fails stays on record, so running it again
+/// finishes the job.
+pub fn ifdown(ifname: &str, dir: &StateDir) -> Result<Ifdown, LinkError> {
+    let mut journal = Journal::open(dir, ifname)?;
+    let Some(record) = journal.record.take() else {
+        return Ok(Ifdown::NoRecord);
+    };
+    let mut nl = Rtnl::open_for(ifname)?;
+    let link = nl.link(ifname)?.filter(|l| l.index == record.index);
+    let failed = undo_steps(
+        &mut nl,
+        ifname,
+        link.as_ref(),
+        ovs_for(Some(&record)),
+        &record.steps,
+    );
+    let changes = record.steps.len();
+    if failed.is_empty() {
+        journal.finish()?;
+        return Ok(Ifdown::Undone { changes });
+    }
+    let mut left = record;
+    left.steps.retain(|s| failed.iter().any(|(f, _)| f == s));
+    journal.record = Some(left);
+    journal.save()?;
+    Err(failed.into_iter().next().expect("not empty").1)
+}
+
+/// The interface whose record names `owner` (a hot-plug) in this network
+/// namespace, if any: what [`ifdown`] undoes when that NIC is removed.
+pub fn owned_nic(owner: &Owner, dir: &StateDir) -> Result<Option<String>, LinkError> {
+    // More records than this in one directory is not a host vmtap serves.
+    const LIMIT: usize = 1 << 20;
+    crate::record::find_owned(dir, owner, LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_from_ganeti_words() {
+        assert_eq!(
+            NicMode::parse("bridged", Some("br0"), None, &[]).unwrap(),
+            NicMode::bridged("br0")
+        );
+        assert_eq!(
+            NicMode::parse("bridged", Some("br0"), Some(""), &[]).unwrap(),
+            NicMode::bridged("br0")
+        );
+        assert_eq!(
+            NicMode::parse("openvswitch", Some("ovs0"), Some("100"), &[]).unwrap(),
+            NicMode::Openvswitch {
+                switch: "ovs0".into(),
+                vlan: Some(VlanSpec::access(100).unwrap())
+            }
+        );
+        assert_eq!(
+            NicMode::parse("routed", Some("100"), None, &["10.0.0.2", "2001:db8::2"]).unwrap(),
+            NicMode::Routed {
+                ips: vec!["10.0.0.2".parse().unwrap(), "2001:db8::2".parse().unwrap()],
+                table: Some("100".into())
+            }
+        );
+        assert_eq!(
+            NicMode::parse("routed", Some(""), None, &["10.0.0.2"]).unwrap(),
+            NicMode::Routed {
+                ips: vec!["10.0.0.2".parse().unwrap()],
+                table: None
+            }
+        );
+    }
+
+    #[test]
+    fn what_makes_no_nic_is_refused() {
+        for (mode, link, vlan, ips, want) in [
+            ("pool", Some("x"), None, vec![], "unknown NIC mode \"pool\""),
+            ("", None, None, vec![], "unknown NIC mode \"\""),
+            ("bridged", None, None, vec![], "bridged NIC needs a bridge"),
+            (
+                "bridged",
+                Some(""),
+                None,
+                vec![],
+                "bridged NIC needs a bridge",
+            ),
+            (
+                "openvswitch",
+                None,
+                None,
+                vec![],
+                "openvswitch NIC needs a switch",
+            ),
+            ("routed", None, None, vec![], "Routed NIC but no IP address"),
+            (
+                "routed",
+                None,
+                None,
+                vec![""],
+                "Routed NIC but no IP address",
+            ),
+            (
+                "routed",
+                None,
+                None,
+                vec!["10.0.0.300"],
+                "invalid IP address",
+            ),
+            ("routed", None, None, vec!["0.0.0.0"], "invalid IP address"),
+            (
+                "routed",
+                None,
+                None,
+                vec!["224.0.0.1"],
+                "invalid IP address",
+            ),
+            (
+                "routed",
+                None,
+                None,
+                vec!["10.0.0.1", "10.0.0.1"],
+                "invalid IP address",
+            ),
+            ("routed", None, Some(".100"), vec!["10.0.0.1"], "VLAN"),
+            (
+                "routed",
+                Some("a b"),
+                None,
+                vec!["10.0.0.1"],
+                "routing table",
+            ),
+            ("bridged", Some("br0"), Some(".0"), vec![], "out of range"),
+            (
+                "bridged",
+                Some("br0"),
+                Some(".100:"),
+                vec![],
+                "not a VLAN spec",
+            ),
+            (
+                "bridged",
+                Some("br/0"),
+                None,
+                vec![],
+                "not a valid bridge name",
+            ),
+            (
+                "bridged",
+                Some("-br0"),
+                None,
+                vec![],
+                "not a valid bridge name",
+            ),
+            (
+                "openvswitch",
+                Some("0123456789abcdef"),
+                None,
+                vec![],
+                "not a valid switch name",
+            ),
+        ] {
+            let err = NicMode::parse(mode, link, vlan, &ips).unwrap_err();
+            assert!(err.is_invalid_input(), "{mode} {link:?}: {err}");
+            assert!(err.to_string().contains(want), "{mode} {link:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn steps_keep_their_record_form() {
+        // The on-disk form is read by later versions: keep it stable.
+        let s = Step::Route {
+            ip: "10.0.0.2".parse().unwrap(),
+            table: 100,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"step":"route","ip":"10.0.0.2","table":100}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Step::Up).unwrap(),
+            r#"{"step":"up"}"#
+        );
+        assert!(Step::OvsPort { bridge: "s".into() }.outlives_link());
+        assert!(!Step::Up.outlives_link());
+    }
+}
