@@ -16,7 +16,7 @@ use netlink_packet_route::link::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
-pub use netlink_packet_route;
+pub use {netlink_packet_core, netlink_packet_route};
 
 /// What the tun driver reports about a tap over netlink (`IFLA_TUN_*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -204,6 +204,11 @@ impl Netlink {
                                 Some(_) => Err(e.to_io()),
                             };
                         }
+                        // A dump that failed part-way (or at its start)
+                        // ends with its error in NLMSG_DONE.
+                        NetlinkPayload::Done(d) if d.code < 0 => {
+                            return Err(io::Error::from_raw_os_error(-d.code));
+                        }
                         NetlinkPayload::Done(_) => return Ok(replies),
                         NetlinkPayload::InnerMessage(m) => replies.push(m),
                         _ => {}
@@ -215,6 +220,15 @@ impl Netlink {
                 off += len;
             }
         }
+    }
+
+    /// Turns the kernel's strict checking of requests
+    /// (`NETLINK_GET_STRICT_CHK`, Linux 4.20) on or off for this socket.
+    /// With it on, dumps honour the filters given in the request (route
+    /// dumps by table, protocol and output device, for example) and the
+    /// kernel refuses requests with unexpected header fields or attributes.
+    pub fn set_strict_check(&mut self, on: bool) -> io::Result<()> {
+        self.socket.set_netlink_get_strict_chk(on)
     }
 
     /// The link named `name`, or `None` when there is none.
