@@ -1727,6 +1727,14 @@ mod tests {
         assert!(!is_host_route(&m, "10.1.2.4".parse().unwrap(), 100, 7));
         assert!(!is_host_route(&m, "10.1.2.3".parse().unwrap(), 101, 7));
         assert!(!is_host_route(&m, "10.1.2.3".parse().unwrap(), 100, 8));
+        // Without the kernel's filter, other protocols and prefixes are
+        // told apart here.
+        let mut boot = m.clone();
+        boot.header.protocol = RouteProtocol::Boot;
+        assert!(!is_host_route(&boot, "10.1.2.3".parse().unwrap(), 100, 7));
+        let mut wide = m.clone();
+        wide.header.destination_prefix_length = 24;
+        assert!(!is_host_route(&wide, "10.1.2.3".parse().unwrap(), 100, 7));
         let m = host_route_message("2001:db8::1".parse().unwrap(), 70000, 7, true);
         assert_eq!(m.header.destination_prefix_length, 128);
         assert_eq!(m.header.scope, RouteScope::NoWhere);
