@@ -53,8 +53,10 @@ const FRA_DPORT_RANGE: u16 = 24;
 
 /// The most of one rt_tables file that is read.
 const MAX_TABLES_FILE: u64 = 1 << 20;
-/// The most `*.conf` files read from one `rt_tables.d` directory.
+/// The most `*.conf` files read from one `rt_tables.d` directory, and
+/// the most entries of it looked at.
 const MAX_CONF_FILES: usize = 1024;
+const MAX_DIR_ENTRIES: usize = 65536;
 /// iproute2 reads rt_tables with `fgets` into 512 bytes: a longer line is
 /// read as several.
 const FGETS_MAX: usize = 511;
@@ -568,6 +570,7 @@ impl TableNames {
             }
         };
         let mut names: Vec<std::ffi::OsString> = entries
+            .take(MAX_DIR_ENTRIES)
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .filter(|n| {
                 let b = n.as_bytes();
@@ -986,12 +989,13 @@ impl Rtnl {
     }
 
     /// `ip rule add iif IFNAME lookup TABLE` for one family: the kernel
-    /// chooses the priority as for `ip rule add` without `pref` (just
-    /// before the first rule after priority 0's, 32765 and down on a
-    /// host with only the default rules). An identical rule is added even
-    /// if one exists at another priority, as `ip rule add` does: delete
-    /// the old ones first ([`Rtnl::iif_rules`], [`Rtnl::del_rule`]). The
-    /// interface need not exist (the rule is then detached).
+    /// chooses the priority as for `ip rule add` without `pref` (one less
+    /// than the second rule's: 32765, then 32764... on a host with only
+    /// the default rules). An identical rule is added even if one exists
+    /// at another priority, as `ip rule add` does: delete the old ones
+    /// first ([`Rtnl::iif_rules`], [`Rtnl::del_rule`]). The interface
+    /// need not exist (the rule is then detached). An IPv6 rule on a host
+    /// without IPv6 is [`RoutedError::NoIpv6`].
     pub fn add_iif_rule(
         &mut self,
         family: Family,
@@ -1010,10 +1014,18 @@ impl Rtnl {
         self.0
             .request_flags(RouteNetlinkMessage::NewRule(msg), NLM_F_CREATE | NLM_F_EXCL)
             .map(|_| ())
-            .map_err(|source| RoutedError::Netlink {
-                step: RoutedStep::AddRule { family, table },
-                ifname: ifname.to_string(),
-                source,
+            .map_err(|source| {
+                if family == Family::V6 && os_error(&source, &[libc::EAFNOSUPPORT]) {
+                    return RoutedError::NoIpv6 {
+                        ifname: ifname.to_string(),
+                        why: Ipv6Off::Host,
+                    };
+                }
+                RoutedError::Netlink {
+                    step: RoutedStep::AddRule { family, table },
+                    ifname: ifname.to_string(),
+                    source,
+                }
             })
     }
 
@@ -1064,7 +1076,10 @@ impl Rtnl {
     /// chooses for a route without gateway, the kernel's default metric
     /// (0 for IPv4, 1024 for IPv6). As `ip route replace` does, it takes
     /// the place of a route to the same address with the same metric in
-    /// that table, whatever its device. `oif` is the interface index.
+    /// that table, whatever its device. `oif` is the interface index; the
+    /// kernel refuses a route through a device that is down (`ENETDOWN`),
+    /// so bring the link up first. Through an interface where IPv6 is off,
+    /// an IPv6 route is [`RoutedError::NoIpv6`].
     pub fn replace_host_route(
         &mut self,
         ip: IpAddr,
