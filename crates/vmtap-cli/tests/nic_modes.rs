@@ -311,3 +311,293 @@ fn bridged_vlans_access_trunk_hybrid() {
         }
     });
 }
+
+/// The rules (`ip -j rule`, `ip -6 -j rule`) whose iif is `dev`, as
+/// (family, table).
+fn rules_of(dev: &str) -> Vec<(&'static str, String)> {
+    let mut r = Vec::new();
+    for (fam, flag) in [("inet", "-4"), ("inet6", "-6")] {
+        let out = ip(&[flag, "-j", "rule", "show"]);
+        for rule in serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+        {
+            if rule["iif"].as_str() == Some(dev) {
+                r.push((fam, rule["table"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    r
+}
+
+/// The routes through `dev` in `table`, both families, as (dst, protocol).
+fn routes_of(dev: &str, table: &str) -> Vec<(String, String)> {
+    let mut r = Vec::new();
+    for flag in ["-4", "-6"] {
+        let Ok(out) = run(
+            "ip",
+            &[flag, "-j", "route", "show", "table", table, "dev", dev],
+        ) else {
+            continue;
+        };
+        for route in serde_json::from_str::<Value>(&out)
+            .unwrap_or(Value::Null)
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if route["type"].as_str().is_some_and(|t| t != "unicast") {
+                continue;
+            }
+            let dst = route["dst"].as_str().unwrap().to_string();
+            if dst.starts_with("fe80") {
+                continue;
+            }
+            r.push((dst, route["protocol"].as_str().unwrap_or("").to_string()));
+        }
+    }
+    r.sort();
+    r
+}
+
+/// proxy_arp, forwarding (IPv4), proxy_ndp, forwarding (IPv6) of `dev`.
+fn sysctls(dev: &str) -> [bool; 4] {
+    let read = |p: String| std::fs::read_to_string(&p).unwrap().trim() != "0";
+    [
+        read(format!("/proc/sys/net/ipv4/conf/{dev}/proxy_arp")),
+        read(format!("/proc/sys/net/ipv4/conf/{dev}/forwarding")),
+        read(format!("/proc/sys/net/ipv6/conf/{dev}/proxy_ndp")),
+        read(format!("/proc/sys/net/ipv6/conf/{dev}/forwarding")),
+    ]
+}
+
+fn is_up(dev: &str) -> bool {
+    bridged_state(dev).3
+}
+
+#[test]
+fn routed_ifup_twice_is_once_and_ifdown_removes_exactly_its_own() {
+    in_netns(|| {
+        ip(&["tuntap", "add", "dev", "rt0", "mode", "tap"]);
+        ip(&["tuntap", "add", "dev", "rt6", "mode", "tap"]);
+        // A stale rule for the name (an earlier tap's): ifup replaces it.
+        ip(&["rule", "add", "iif", "rt0", "lookup", "200"]);
+        // Another device's rule and a sysctl already on: not ifup's, so
+        // ifdown leaves them.
+        ip(&["rule", "add", "iif", "other0", "lookup", "100"]);
+        std::fs::write("/proc/sys/net/ipv4/conf/rt0/forwarding", "1").unwrap();
+
+        let env4 = [
+            ("INTERFACE", "rt0"),
+            ("MODE", "routed"),
+            ("LINK", "100"),
+            ("IP", "10.7.0.2"),
+        ];
+        ok(&vmtap_env(&["ifup"], &env4));
+        let want_rules = vec![("inet", "100".to_string())];
+        assert_eq!(rules_of("rt0"), want_rules);
+        assert_eq!(
+            routes_of("rt0", "100"),
+            vec![("10.7.0.2".to_string(), "static".to_string())]
+        );
+        assert_eq!(routes_of("rt0", "main"), vec![]);
+        assert_eq!(sysctls("rt0"), [true, true, false, false]);
+        assert!(is_up("rt0"));
+
+        // Twice is once.
+        ok(&vmtap_env(&["ifup"], &env4));
+        assert_eq!(rules_of("rt0"), want_rules);
+        assert_eq!(routes_of("rt0", "100").len(), 1);
+
+        // IPv6, no table: the route goes into main, no rule, the IPv6
+        // sysctls only.
+        let env6 = [
+            ("INTERFACE", "rt6"),
+            ("MODE", "routed"),
+            ("IP", "2001:db8::7"),
+        ];
+        ok(&vmtap_env(&["ifup"], &env6));
+        ok(&vmtap_env(&["ifup"], &env6));
+        assert_eq!(rules_of("rt6"), vec![]);
+        assert_eq!(
+            routes_of("rt6", "main"),
+            vec![("2001:db8::7".to_string(), "static".to_string())]
+        );
+        assert_eq!(sysctls("rt6"), [false, false, true, true]);
+
+        ok(&vmtap_env(&["ifdown", "rt0"], &[]));
+        assert_eq!(rules_of("rt0"), vec![]);
+        assert_eq!(routes_of("rt0", "100"), vec![]);
+        // forwarding was on before: it stays on.
+        assert_eq!(sysctls("rt0"), [false, true, false, false]);
+        assert!(!is_up("rt0"));
+        assert_eq!(rules_of("other0"), vec![("inet", "100".to_string())]);
+
+        ok(&vmtap_env(&["ifdown", "rt6"], &[]));
+        assert_eq!(routes_of("rt6", "main"), vec![]);
+        assert_eq!(sysctls("rt6"), [false, false, false, false]);
+        assert!(records_of("rt0").is_empty() && records_of("rt6").is_empty());
+    });
+}
+
+#[test]
+fn routed_rules_outlive_the_tap_and_ifdown_removes_them_after() {
+    in_netns(|| {
+        ip(&["tuntap", "add", "dev", "rg0", "mode", "tap"]);
+        let env = [
+            ("INTERFACE", "rg0"),
+            ("MODE", "routed"),
+            ("LINK", "100"),
+            ("IP", "10.7.1.2"),
+        ];
+        ok(&vmtap_env(&["ifup"], &env));
+        ip(&["link", "del", "rg0"]);
+        assert_eq!(rules_of("rg0").len(), 1, "the kernel keeps the rule");
+        ok(&vmtap_env(&["ifdown", "rg0"], &[]));
+        assert_eq!(rules_of("rg0"), vec![]);
+        assert!(records_of("rg0").is_empty());
+
+        // A new tap of the same name: a record of the old one is undone
+        // first (its rule is gone, not doubled).
+        ip(&["tuntap", "add", "dev", "rg0", "mode", "tap"]);
+        ok(&vmtap_env(&["ifup"], &env));
+        ip(&["link", "del", "rg0"]);
+        ip(&["tuntap", "add", "dev", "rg0", "mode", "tap"]);
+        let env2 = [
+            ("INTERFACE", "rg0"),
+            ("MODE", "routed"),
+            ("LINK", "101"),
+            ("IP", "10.7.1.2"),
+        ];
+        ok(&vmtap_env(&["ifup"], &env2));
+        assert_eq!(rules_of("rg0"), vec![("inet", "101".to_string())]);
+        ok(&vmtap_env(&["ifdown", "rg0"], &[]));
+        assert_eq!(rules_of("rg0"), vec![]);
+    });
+}
+
+#[test]
+fn a_routed_failure_half_way_undoes_the_steps_before_it() {
+    in_netns(|| {
+        ip(&["tuntap", "add", "dev", "rf0", "mode", "tap"]);
+        // IPv6 off on the tap: the IPv6 route is refused after the link
+        // went up and the rule was added.
+        std::fs::write("/proc/sys/net/ipv6/conf/rf0/disable_ipv6", "1").unwrap();
+        let before = (rules_of("rf0"), sysctls("rf0"), is_up("rf0"));
+        let o = vmtap_env(
+            &["ifup"],
+            &[
+                ("INTERFACE", "rf0"),
+                ("MODE", "routed"),
+                ("LINK", "100"),
+                ("IP", "2001:db8::9"),
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("rf0"), "{err}");
+        assert_eq!((rules_of("rf0"), sysctls("rf0"), is_up("rf0")), before);
+        assert_eq!(routes_of("rf0", "100"), vec![]);
+        assert!(records_of("rf0").is_empty(), "{:?}", records_of("rf0"));
+    });
+}
+
+#[test]
+fn racing_ifups_of_one_nic_end_as_one() {
+    in_netns(|| {
+        ip(&["tuntap", "add", "dev", "rr0", "mode", "tap"]);
+        let env = [
+            ("INTERFACE", "rr0"),
+            ("MODE", "routed"),
+            ("LINK", "100"),
+            ("IP", "10.7.2.2"),
+        ];
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                let mut c = vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"));
+                c.env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .env("VMTAP_STATE_DIR", state_dir(env!("CARGO_TARGET_TMPDIR")))
+                    .arg("ifup")
+                    .envs(env)
+                    .stderr(std::process::Stdio::piped());
+                c.spawn().unwrap()
+            })
+            .collect();
+        for c in children {
+            ok(&c.wait_with_output().unwrap());
+        }
+        assert_eq!(rules_of("rr0"), vec![("inet", "100".to_string())]);
+        assert_eq!(routes_of("rr0", "100").len(), 1);
+        ok(&vmtap_env(&["ifdown", "rr0"], &[]));
+        assert_eq!(rules_of("rr0"), vec![]);
+        assert_eq!(routes_of("rr0", "100"), vec![]);
+        assert_eq!(sysctls("rr0"), [false; 4]);
+        assert!(!is_up("rr0"));
+    });
+}
+
+/// `vmtap hotplug ARGS` against the fake monitor at `qmp`.
+fn hotplug(qmp: &std::path::Path, args: &[&str]) -> Output {
+    let qmp = qmp.to_str().unwrap();
+    let mut all = vec!["hotplug", args[0], "--qmp", qmp];
+    all.extend(&args[1..]);
+    vmtap_env(&all, &[])
+}
+
+#[test]
+fn hotplug_del_undoes_what_hotplug_add_set_up() {
+    use vmtap_testkit::fakeqmp::FakeQemu;
+    in_netns(|| {
+        let q = FakeQemu::normal();
+        let add = [
+            "add", "--id", "nic1", "--name", "hr0", "--mode", "routed", "--link", "100", "--ip",
+            "10.7.3.2",
+        ];
+        ok(&hotplug(&q.path, &add));
+        assert_eq!(rules_of("hr0"), vec![("inet", "100".to_string())]);
+        assert_eq!(routes_of("hr0", "100").len(), 1);
+        ok(&hotplug(&q.path, &["del", "--id", "nic1"]));
+        // The rule outlives the tap: del removed it.
+        assert_eq!(rules_of("hr0"), vec![]);
+        assert!(records_of("hr0").is_empty(), "{:?}", records_of("hr0"));
+        // Gone from QEMU and from the books: a second del says so.
+        fails(&hotplug(&q.path, &["del", "--id", "nic1"]), 1, "nic1");
+        drop(q.finish());
+        wait_gone("hr0");
+    });
+}
+
+#[test]
+fn a_refused_hotplug_add_leaves_no_rule_behind() {
+    use vmtap_testkit::fakeqmp::{Act, Config};
+    in_netns(|| {
+        let q = Config::default()
+            .act(|c| {
+                if c.name == "device_add" {
+                    Act::Fail
+                } else {
+                    Act::Normal
+                }
+            })
+            .start();
+        let o = hotplug(
+            &q.path,
+            &[
+                "add", "--id", "nic2", "--name", "hf0", "--mode", "routed", "--link", "100",
+                "--ip", "10.7.4.2",
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(rules_of("hf0"), vec![]);
+        assert!(records_of("hf0").is_empty(), "{:?}", records_of("hf0"));
+        assert!(q.finish().is_clean());
+        wait_gone("hf0");
+    });
+}

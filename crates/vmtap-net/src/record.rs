@@ -133,7 +133,7 @@ impl Journal {
     /// or removes it when it is empty.
     pub fn save(&self) -> Result<(), LinkError> {
         match &self.record {
-            Some(r) if !r.steps.is_empty() || r.owner.is_some() => {
+            Some(r) if !r.steps.is_empty() => {
                 let tmp = self.path.with_extension("json.new");
                 let text = serde_json::to_vec(r).map_err(io::Error::other);
                 text.and_then(|text| {
@@ -160,13 +160,22 @@ impl Journal {
         }
     }
 
-    /// Removes the record and its lock file (the NIC is gone from the
-    /// host's books). Another process waiting for the lock sees the file
-    /// replaced and takes a new one.
-    pub fn finish(self) -> Result<(), LinkError> {
-        self.remove()?;
-        let _ = fs::remove_file(&self.lock_path);
-        Ok(())
+    /// Removes the record (the NIC is gone from the host's books); the
+    /// lock file goes when this is dropped.
+    pub fn finish(mut self) -> Result<(), LinkError> {
+        self.record = None;
+        self.remove()
+    }
+}
+
+impl Drop for Journal {
+    /// A NIC with nothing on record leaves no file: the lock file goes
+    /// too, while its lock is still held. Another process waiting for it
+    /// sees the file gone and takes a new one (see [`lock`]).
+    fn drop(&mut self) {
+        if self.record.as_ref().is_none_or(|r| r.steps.is_empty()) && !self.path.exists() {
+            let _ = fs::remove_file(&self.lock_path);
+        }
     }
 }
 
