@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ovs;
 pub mod vlan;
 
 pub use vlan::{VlanError, VlanKind, VlanSpec};
