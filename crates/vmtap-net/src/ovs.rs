@@ -888,12 +888,14 @@ impl Group {
         }
     }
 
-    /// Whether the child has exited, without reaping it.
+    /// Whether the child has exited, without reaping it. An error (the
+    /// child reaped already, as when SIGCHLD is ignored) counts as exited:
+    /// there is nothing left to wait for.
     fn exited(&self) -> bool {
         let opts = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-        matches!(
+        !matches!(
             rustix::process::waitid(WaitId::Pid(self.pid), opts),
-            Ok(Some(_))
+            Ok(None)
         )
     }
 
