@@ -269,6 +269,11 @@ impl ModeArgs {
                 return Ok(None);
             }
         };
+        if mode != "routed" && !self.ip.is_empty() {
+            return Err(CliError::Invalid(format!(
+                "--ip is for a routed NIC, not a {mode} one"
+            )));
+        }
         let link = self.link.as_deref().or(self.bridge.as_deref());
         let ips: Vec<&str> = self.ip.iter().map(String::as_str).collect();
         Ok(Some(NicMode::parse(

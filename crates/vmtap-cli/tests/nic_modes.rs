@@ -601,3 +601,262 @@ fn a_refused_hotplug_add_leaves_no_rule_behind() {
         wait_gone("hf0");
     });
 }
+
+/// `tag trunks vlan_mode` of an OVS port, as ovs-vsctl prints them.
+fn ovs_columns(d: &vmtap_testkit::ovs::OvsDaemons, port: &str) -> String {
+    d.vsctl(&["get", "Port", port, "tag", "trunks", "vlan_mode"])
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ovs_ports(d: &vmtap_testkit::ovs::OvsDaemons, switch: &str) -> Vec<String> {
+    let mut v: Vec<String> = d
+        .vsctl(&["list-ports", switch])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn openvswitch_every_vlan_form_twice_then_ifdown() {
+    use vmtap_testkit::ovs::OvsDaemons;
+    in_netns(|| {
+        let Some(d) = OvsDaemons::start() else { return };
+        d.add_bridge("sw0");
+        let rundir = d.db_path().parent().unwrap().to_str().unwrap().to_string();
+        // Ganeti's script fails for no VLAN and for ".100", and makes an
+        // access port of ".100:200".
+        for (i, (vlan, want)) in [
+            ("", "[] [] []"),
+            (".100", "100 [] []"),
+            ("100", "100 [] []"),
+            (":100:200", "[] [100, 200] []"),
+            (":200:100", "[] [100, 200] []"),
+            (".100:200", "100 [200] native-untagged"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let tap = format!("ot{i}");
+            ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+            let env = [
+                ("INTERFACE", tap.as_str()),
+                ("MODE", "openvswitch"),
+                ("LINK", "sw0"),
+                ("VLAN", vlan),
+                ("OVS_RUNDIR", rundir.as_str()),
+            ];
+            ok(&vmtap_env(&["ifup"], &env));
+            assert_eq!(ovs_columns(&d, &tap), want, "{vlan:?}");
+            let uuid = d.vsctl(&["get", "Interface", &tap, "_uuid"]);
+            assert!(is_up(&tap));
+            // Twice is once: the port is not even re-made.
+            ok(&vmtap_env(&["ifup"], &env));
+            assert_eq!(ovs_columns(&d, &tap), want, "{vlan:?}: twice");
+            assert_eq!(d.vsctl(&["get", "Interface", &tap, "_uuid"]), uuid);
+        }
+        assert_eq!(ovs_ports(&d, "sw0").len(), 6);
+        for i in 0..6 {
+            let tap = format!("ot{i}");
+            ok(&vmtap_env(
+                &["ifdown", &tap],
+                &[("OVS_RUNDIR", rundir.as_str())],
+            ));
+            assert!(!is_up(&tap));
+        }
+        assert_eq!(ovs_ports(&d, "sw0"), Vec::<String>::new());
+    });
+}
+
+#[test]
+fn openvswitch_port_of_someone_else_and_a_gone_tap() {
+    use vmtap_testkit::ovs::OvsDaemons;
+    in_netns(|| {
+        let Some(d) = OvsDaemons::start() else { return };
+        d.add_bridge("sw1");
+        d.add_bridge("sw2");
+        let rundir = d.db_path().parent().unwrap().to_str().unwrap().to_string();
+        let run_env = [("OVS_RUNDIR", rundir.as_str())];
+        ip(&["tuntap", "add", "dev", "oa0", "mode", "tap"]);
+        ip(&["tuntap", "add", "dev", "ob0", "mode", "tap"]);
+        // A port the admin made on sw1: ifup sets its VLAN, ifdown leaves
+        // the port (it was not vmtap's).
+        d.vsctl(&["add-port", "sw1", "oa0"]);
+        let env = [
+            ("INTERFACE", "oa0"),
+            ("MODE", "openvswitch"),
+            ("LINK", "sw1"),
+            ("VLAN", ".300"),
+            ("OVS_RUNDIR", rundir.as_str()),
+        ];
+        ok(&vmtap_env(&["ifup"], &env));
+        assert_eq!(ovs_columns(&d, "oa0"), "300 [] []");
+        ok(&vmtap_env(&["ifdown", "oa0"], &run_env));
+        assert_eq!(ovs_ports(&d, "sw1"), vec!["oa0"]);
+
+        // A stale port on another switch is moved; the tap goes away and
+        // the port (which OVS keeps) is removed by ifdown.
+        d.vsctl(&["add-port", "sw2", "ob0"]);
+        let env = [
+            ("INTERFACE", "ob0"),
+            ("MODE", "openvswitch"),
+            ("LINK", "sw1"),
+            ("OVS_RUNDIR", rundir.as_str()),
+        ];
+        ok(&vmtap_env(&["ifup"], &env));
+        assert_eq!(ovs_ports(&d, "sw2"), Vec::<String>::new());
+        assert_eq!(ovs_ports(&d, "sw1"), vec!["oa0", "ob0"]);
+        ip(&["link", "del", "ob0"]);
+        assert_eq!(ovs_ports(&d, "sw1"), vec!["oa0", "ob0"], "OVS keeps it");
+        ok(&vmtap_env(&["ifdown", "ob0"], &run_env));
+        assert_eq!(ovs_ports(&d, "sw1"), vec!["oa0"]);
+
+        // No such switch: an error naming it, nothing changed.
+        let before = bridged_state("oa0");
+        let o = vmtap_env(
+            &["ifup"],
+            &[
+                ("INTERFACE", "oa0"),
+                ("MODE", "openvswitch"),
+                ("LINK", "nosw"),
+                ("OVS_RUNDIR", rundir.as_str()),
+            ],
+        );
+        fails(&o, 1, "nosw");
+        assert_eq!(bridged_state("oa0"), before);
+    });
+}
+
+#[test]
+fn openvswitch_not_running_is_a_clear_error() {
+    in_netns(|| {
+        ip(&["tuntap", "add", "dev", "on0", "mode", "tap"]);
+        let empty = std::env::temp_dir().join(format!("vmtap-no-ovs-{}", std::process::id()));
+        let o = vmtap_env(
+            &["ifup"],
+            &[
+                ("INTERFACE", "on0"),
+                ("MODE", "openvswitch"),
+                ("LINK", "sw0"),
+                ("OVS_RUNDIR", empty.to_str().unwrap()),
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("Open vSwitch") || err.contains("ovs-vsctl"),
+            "{err}"
+        );
+        assert!(!is_up("on0"), "nothing changed");
+        assert!(records_of("on0").is_empty());
+    });
+}
+
+#[test]
+fn ifup_racing_ifdown_ends_in_one_state_or_the_other() {
+    in_netns(|| {
+        ip(&["link", "add", "bz0", "type", "bridge"]);
+        ip(&["tuntap", "add", "dev", "bz1", "mode", "tap"]);
+        let pristine = bridged_state("bz1");
+        let env = [("INTERFACE", "bz1"), ("MODE", "bridged"), ("LINK", "bz0")];
+        let spawn = |args: &[&str], vars: &[(&str, &str)]| {
+            let mut c = vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"));
+            c.env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("VMTAP_STATE_DIR", state_dir(env!("CARGO_TARGET_TMPDIR")))
+                .args(args)
+                .envs(vars.iter().copied())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        };
+        for _ in 0..20 {
+            let up = spawn(&["ifup"], &env);
+            let down = spawn(&["ifdown", "bz1"], &[]);
+            ok(&up.wait_with_output().unwrap());
+            ok(&down.wait_with_output().unwrap());
+            let on_record = records_of("bz1")
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "json"));
+            let st = bridged_state("bz1");
+            if on_record {
+                assert_eq!(st.2.as_deref(), Some("bz0"), "on record, so set up");
+                assert!(st.3);
+                ok(&vmtap_env(&["ifdown", "bz1"], &[]));
+            }
+            assert_eq!(bridged_state("bz1"), pristine);
+        }
+    });
+}
+
+#[test]
+fn ifdown_leaves_what_the_admin_changed_since() {
+    in_netns(|| {
+        ip(&["link", "add", "bx0", "type", "bridge"]);
+        ip(&["link", "add", "bx1", "type", "bridge"]);
+        ip(&["tuntap", "add", "dev", "bxt", "mode", "tap"]);
+        ok(&vmtap_env(
+            &["ifup", "bxt"],
+            &[("MODE", "bridged"), ("LINK", "bx0")],
+        ));
+        // The admin moves the tap to another bridge and sets a new MTU.
+        ip(&["link", "set", "bxt", "master", "bx1"]);
+        ip(&["link", "set", "bxt", "mtu", "1300"]);
+        ok(&vmtap_env(&["ifdown", "bxt"], &[]));
+        let st = bridged_state("bxt");
+        assert_eq!(st.2.as_deref(), Some("bx1"), "not vmtap's bridge: left");
+        assert_eq!(st.0, 1300);
+        // vmtap's MAC is put back (nobody changed it), and it goes down.
+        assert!(!st.1.starts_with("fe:"), "{}", st.1);
+        assert!(!st.3);
+    });
+}
+
+#[test]
+fn an_unsafe_state_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    in_netns(|| {
+        ip(&["link", "add", "bu0", "type", "bridge"]);
+        ip(&["tuntap", "add", "dev", "but", "mode", "tap"]);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("unsafe-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let o = vmtap_env(
+            &["ifup", "but"],
+            &[
+                ("MODE", "bridged"),
+                ("LINK", "bu0"),
+                ("VMTAP_STATE_DIR", dir.to_str().unwrap()),
+            ],
+        );
+        fails(&o, 1, "writable by others");
+        assert_eq!(bridged_state("but").2, None, "nothing changed");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // A planted symbolic link where the record's new copy goes is
+        // removed, not written through.
+        ok(&vmtap_env(
+            &["ifup", "but"],
+            &[("MODE", "bridged"), ("LINK", "bu0")],
+        ));
+        let record = records_of("but")
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .unwrap();
+        let target = dir.with_extension("target");
+        std::fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(&target, record.with_extension("json.new")).unwrap();
+        ok(&vmtap_env(&["ifdown", "but"], &[]));
+        ok(&vmtap_env(
+            &["ifup", "but"],
+            &[("MODE", "bridged"), ("LINK", "bu0")],
+        ));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        ok(&vmtap_env(&["ifdown", "but"], &[]));
+        std::fs::remove_file(&target).unwrap();
+        let _ = std::fs::remove_file(record.with_extension("json.new"));
+    });
+}

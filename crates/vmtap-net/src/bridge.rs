@@ -138,7 +138,13 @@ impl Rtnl {
         debug_assert_eq!(msg.header.interface_family, AddressFamily::Bridge);
         match self.0.request(RouteNetlinkMessage::DelLink(msg)) {
             Ok(_) => Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV)) => {
+            // Not a port (any more): its VLANs went with that.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
                 Ok(false)
             }
             Err(source) => Err(LinkError::Netlink {

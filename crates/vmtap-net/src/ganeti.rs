@@ -76,14 +76,16 @@ pub fn from_env(
         }
     };
     check_ifname(&ifname)?;
-    let mac = set("MAC").map(|m| m.parse::<MacAddr>()).transpose()?;
     if action == Action::Down {
+        // Down undoes what is on record: the other variables do not
+        // matter, and a bad one must not keep a NIC from being undone.
         return Ok(GanetiNic {
             ifname,
             mode: None,
-            mac,
+            mac: None,
         });
     }
+    let mac = set("MAC").map(|m| m.parse::<MacAddr>()).transpose()?;
     let mode = set("MODE").ok_or_else(|| invalid("MODE is not set".into()))?;
     let mut link = set("LINK");
     if mode == "bridged"
@@ -374,7 +376,7 @@ mod tests {
         let nic = from_env(
             Action::Down,
             None,
-            env(&[("INTERFACE", "tap0"), ("MODE", "nonsense")]),
+            env(&[("INTERFACE", "tap0"), ("MODE", "nonsense"), ("MAC", "zz")]),
         )
         .unwrap();
         assert_eq!(nic.ifname, "tap0");

@@ -19,7 +19,7 @@ pub mod vlan;
 
 pub use bridge::PortVlan;
 pub use record::{DEFAULT_STATE_DIR, Owner, StateDir};
-pub use setup::{Ifdown, LinkChanges, LinkOptions, NicMode, configure, ifdown, owned_nic};
+pub use setup::{Ifdown, LinkChanges, LinkOptions, NicMode, configure, ifdown, ifdown_owned};
 pub use vlan::{VlanError, VlanKind, VlanSpec};
 
 use std::fmt;
@@ -203,8 +203,16 @@ pub enum LinkError {
     #[error("{0}")]
     InvalidEnv(String),
     /// The network namespace's cookie could not be read (Linux 5.14+).
-    #[error("reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14 or later): {0}")]
+    #[error("reading this network namespace's cookie (SO_NETNS_COOKIE): {0}")]
     Netns(#[source] io::Error),
+    /// The state directory is not one vmtap can trust.
+    #[error("NIC records at {}: {problem}; vmtap keeps them only in a directory of its own user that nobody else may write", path.display())]
+    UnsafeStateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Another process holds the NIC's lock.
     #[error("another vmtap is setting up or tearing down this NIC (lock {} held for {seconds} s)", path.display())]
     Busy {
@@ -230,8 +238,9 @@ impl LinkError {
             | Self::VlanInMode(_)
             | Self::Vlan(_)
             | Self::InvalidEnv(_) => true,
-            Self::Routed(e) => e.is_invalid_input(),
-            Self::Ovs(e) => e.is_invalid_input(),
+            // Raised by a step, maybe after others changed the host (and
+            // were put back): failures from the system, whatever the cause.
+            // Their input errors are caught before (NicMode::parse).
             _ => false,
         }
     }

@@ -96,6 +96,41 @@ fn state_error(path: &Path, source: io::Error) -> LinkError {
     }
 }
 
+/// Checks that `path` is a directory (not a symlink) of this user that
+/// nobody else may write: records tell vmtap, as root, what to undo.
+fn check_dir(path: &Path) -> Result<(), LinkError> {
+    let m = fs::symlink_metadata(path).map_err(|e| state_error(path, e))?;
+    let euid = rustix::process::geteuid().as_raw();
+    let problem = if !m.is_dir() {
+        Some("not a directory (or a symbolic link)".to_string())
+    } else if m.uid() != euid {
+        Some(format!("owned by uid {}, not {euid}", m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!("writable by others (mode {:o})", m.mode() & 0o7777))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(LinkError::UnsafeStateDir {
+            path: path.to_path_buf(),
+            problem,
+        }),
+    }
+}
+
+/// Opens a file of the state directory, never through a symbolic link
+/// and never blocking (a FIFO planted there cannot hang us).
+fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let f = opts
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
 /// A NIC's record, locked for the life of this value.
 #[derive(Debug)]
 pub(crate) struct Journal {
@@ -105,22 +140,41 @@ pub(crate) struct Journal {
     pub record: Option<Record>,
 }
 
+fn nic_paths(dir: &StateDir, ifname: &str) -> Result<(PathBuf, PathBuf), LinkError> {
+    let ns = netns_id().map_err(netns_error)?;
+    let nics = dir.nics();
+    let base = format!("{ns}-{ifname}");
+    Ok((
+        nics.join(format!("{base}.json")),
+        nics.join(format!("{base}.lock")),
+    ))
+}
+
 impl Journal {
     /// Locks and reads the record of `ifname` in this network namespace
-    /// (none when there is no file).
-    pub fn open(dir: &StateDir, ifname: &str) -> Result<Self, LinkError> {
+    /// (none when there is no file), making the directory if `create`.
+    pub fn open(dir: &StateDir, ifname: &str, create: bool) -> Result<Self, LinkError> {
         let nics = dir.nics();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&nics)
-            .map_err(|e| state_error(&nics, e))?;
-        let ns = netns_id().map_err(netns_error)?;
-        let base = format!("{ns}-{ifname}");
-        let path = nics.join(format!("{base}.json"));
-        let lock_path = nics.join(format!("{base}.lock"));
+        if create {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&nics)
+                .map_err(|e| state_error(&nics, e))?;
+        }
+        check_dir(dir.path())?;
+        check_dir(&nics)?;
+        let (path, lock_path) = nic_paths(dir, ifname)?;
         let lock = lock(&lock_path)?;
         let record = read_record(&path)?;
+        if let Some(r) = &record
+            && r.ifname != ifname
+        {
+            return Err(LinkError::BadRecord {
+                path,
+                problem: format!("it is the record of \"{}\"", r.ifname),
+            });
+        }
         Ok(Self {
             path,
             lock_path,
@@ -129,29 +183,50 @@ impl Journal {
         })
     }
 
+    /// [`Journal::open`] when there is a record to open: `None` (and
+    /// nothing made) when there is none.
+    pub fn open_existing(dir: &StateDir, ifname: &str) -> Result<Option<Self>, LinkError> {
+        let (path, _) = nic_paths(dir, ifname)?;
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(state_error(&path, e)),
+            Ok(_) => {}
+        }
+        let j = Self::open(dir, ifname, false)?;
+        Ok(j.record.is_some().then_some(j))
+    }
+
     /// Writes the record (atomically: a new file renamed over the old),
-    /// or removes it when it is empty.
+    /// or removes it when it holds no step.
     pub fn save(&self) -> Result<(), LinkError> {
         match &self.record {
             Some(r) if !r.steps.is_empty() => {
                 let tmp = self.path.with_extension("json.new");
-                let text = serde_json::to_vec(r).map_err(io::Error::other);
-                text.and_then(|text| {
+                let write = || -> io::Result<()> {
+                    let text = serde_json::to_vec(r).map_err(io::Error::other)?;
+                    // A file left by a crash (or planted) is removed, not
+                    // written through.
+                    match fs::remove_file(&tmp) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
                     let mut f = OpenOptions::new()
                         .write(true)
-                        .create(true)
-                        .truncate(true)
+                        .create_new(true)
                         .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
                         .open(&tmp)?;
                     f.write_all(&text)?;
                     fs::rename(&tmp, &self.path)
+                };
+                write().map_err(|e| {
+                    let _ = fs::remove_file(&tmp);
+                    state_error(&self.path, e)
                 })
-                .map_err(|e| state_error(&self.path, e))
             }
             _ => self.remove(),
         }
     }
-
     fn remove(&self) -> Result<(), LinkError> {
         match fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
@@ -185,14 +260,16 @@ impl Drop for Journal {
 fn lock(path: &Path) -> Result<File, LinkError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| state_error(path, e))?;
+        let f = open_nofollow(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+            path,
+        )
+        .map_err(|e| state_error(path, e))?;
         match f.try_lock() {
             Ok(()) => {
                 let held = f.metadata().map_err(|e| state_error(path, e))?;
@@ -216,7 +293,7 @@ fn lock(path: &Path) -> Result<File, LinkError> {
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>, LinkError> {
-    let f = match File::open(path) {
+    let f = match open_nofollow(OpenOptions::new().read(true), path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(state_error(path, e)),
@@ -244,21 +321,23 @@ fn read_record(path: &Path) -> Result<Option<Record>, LinkError> {
     Ok(Some(r))
 }
 
-/// The interface name of the record owned by `owner` in this network
-/// namespace, if any. Looks at no more than `limit` entries.
+/// The interface names of the records owned by `owner` in this network
+/// namespace. Looks at no more than `limit` entries.
 pub(crate) fn find_owned(
     dir: &StateDir,
     owner: &Owner,
     limit: usize,
-) -> Result<Option<String>, LinkError> {
+) -> Result<Vec<String>, LinkError> {
     let nics = dir.nics();
     let entries = match fs::read_dir(&nics) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(state_error(&nics, e)),
     };
+    check_dir(&nics)?;
     let ns = netns_id().map_err(netns_error)?;
     let prefix = format!("{ns}-");
+    let mut found = Vec::new();
     for entry in entries.take(limit) {
         let entry = entry.map_err(|e| state_error(&nics, e))?;
         let name = entry.file_name();
@@ -269,12 +348,11 @@ pub(crate) fn find_owned(
         else {
             continue;
         };
-        // A record that cannot be read is not ours to judge here.
-        if let Ok(Some(r)) = read_record(&entry.path())
-            && r.owner.as_ref() == Some(owner)
-        {
-            return Ok(Some(ifname.to_string()));
+        match read_record(&entry.path()) {
+            Ok(Some(r)) if r.owner.as_ref() == Some(owner) => found.push(ifname.to_string()),
+            Ok(_) => {}
+            Err(e) => log::warn!("skipping a record: {e}"),
         }
     }
-    Ok(None)
+    Ok(found)
 }

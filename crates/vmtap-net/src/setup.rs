@@ -185,18 +185,39 @@ fn check_table_syntax(table: &str) -> Result<(), LinkError> {
     }
 }
 
-/// One change made to the host, with what it takes to undo it.
+/// One change to the host, with what it takes to undo it. Each is put on
+/// record *before* it is made (write-ahead), so a set-up killed at any
+/// point can be undone; undoing a change that was never made, or that
+/// someone changed since, does nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub(crate) enum Step {
-    Mtu { before: u32 },
-    Mac { before: [u8; 6] },
-    Master { before: u32 },
+    /// MTU `before` → `after`; put back only while it is `after`.
+    Mtu { before: u32, after: u32 },
+    /// MAC `before` → `after`; put back only while it is `after`.
+    Mac { before: [u8; 6], after: [u8; 6] },
+    /// Enslaved to the bridge of index `bridge`; released only while it is
+    /// a port of that bridge.
+    Master { bridge: u32 },
+    /// Brought up.
     Up,
-    PortVlan { vid: u16, before: Option<PortVlan> },
+    /// A VLAN of the port on bridge `bridge` (its flags `before`, none when
+    /// it had none); put back only while it is a port of that bridge.
+    PortVlan {
+        bridge: u32,
+        vid: u16,
+        before: Option<PortVlan>,
+    },
+    /// A rule `iif IFNAME lookup TABLE` about to be added (the kernel picks
+    /// its priority): undone by removing such plain rules.
+    RulePending { family: Family, table: u32 },
+    /// That rule, added.
     Rule { rule: IifRule },
+    /// A host route through the device.
     Route { ip: IpAddr, table: u32 },
+    /// A sysctl of the device turned on.
     Sysctl { sysctl: Sysctl },
+    /// An Open vSwitch port added.
     OvsPort { bridge: String },
 }
 
@@ -204,7 +225,10 @@ impl Step {
     /// Whether the change outlives the interface (a rule naming it, a
     /// port in the OVS database): everything else goes with the device.
     fn outlives_link(&self) -> bool {
-        matches!(self, Self::Rule { .. } | Self::OvsPort { .. })
+        matches!(
+            self,
+            Self::Rule { .. } | Self::RulePending { .. } | Self::OvsPort { .. }
+        )
     }
 }
 
@@ -388,8 +412,9 @@ fn ovs_for(record: Option<&Record>) -> Option<PathBuf> {
 }
 
 /// Undoes `steps`, last first, on `ifname` (`link`: the same device, when
-/// it still exists). Changes that went with the device are skipped.
-/// Returns the steps that failed, with their errors.
+/// it still exists). Changes that went with the device are skipped, and so
+/// are changes that are not (or no longer) as the step left them. Returns
+/// the steps that failed, with their errors.
 fn undo_steps(
     nl: &mut Rtnl,
     ifname: &str,
@@ -401,27 +426,76 @@ fn undo_steps(
         Some(db) => Ovs::from_env().db(db.clone()),
         None => Ovs::from_env(),
     };
+    // The link as it is now (each undo may change it).
+    let mut now = link.cloned();
     let mut failed = Vec::new();
     for step in steps.iter().rev() {
-        if link.is_none() && !step.outlives_link() {
+        if now.is_none() && !step.outlives_link() {
             // Gone with the device.
             continue;
         }
-        let r = match (step, link) {
+        log::debug!("{ifname}: undoing {step:?}");
+        let r = match (step, now.as_mut()) {
             (Step::Rule { rule }, _) => nl.del_rule(rule).map(drop).map_err(LinkError::from),
+            (Step::RulePending { family, table }, _) => {
+                undo_pending_rule(nl, ifname, *family, *table)
+            }
             (Step::OvsPort { bridge }, _) => ovs()
                 .del_port(bridge, ifname)
                 .map(drop)
+                .or_else(|e| match e {
+                    // The switch is gone, and the port with it.
+                    crate::ovs::OvsError::NoSuchBridge(_) => Ok(()),
+                    e => Err(e),
+                })
                 .map_err(LinkError::from),
             (_, None) => Ok(()),
-            (Step::Mtu { before }, Some(l)) => nl.set_mtu(l, *before),
-            (Step::Mac { before }, Some(l)) => nl.set_mac(l, MacAddr(*before)),
-            (Step::Master { before }, Some(l)) => nl.set_master_index(l, *before, ""),
-            (Step::Up, Some(l)) => nl.set_admin(l, false),
-            (Step::PortVlan { vid, before }, Some(l)) => match before {
-                None => nl.del_port_vlan(l, *vid).map(drop),
-                Some(v) => nl.set_port_vlan(l, *v),
-            },
+            (Step::Mtu { before, after }, Some(l)) => {
+                if l.mtu == Some(*after) {
+                    nl.set_mtu(l, *before).map(|()| l.mtu = Some(*before))
+                } else {
+                    Ok(())
+                }
+            }
+            (Step::Mac { before, after }, Some(l)) => {
+                if l.mac == Some(*after) {
+                    nl.set_mac(l, MacAddr(*before))
+                        .map(|()| l.mac = Some(*before))
+                } else {
+                    Ok(())
+                }
+            }
+            (Step::Master { bridge }, Some(l)) => {
+                if l.master == Some(*bridge) {
+                    nl.set_master_index(l, 0, "").map(|()| l.master = None)
+                } else {
+                    Ok(())
+                }
+            }
+            (Step::Up, Some(l)) => {
+                if l.up {
+                    nl.set_admin(l, false).map(|()| l.up = false)
+                } else {
+                    Ok(())
+                }
+            }
+            (
+                Step::PortVlan {
+                    bridge,
+                    vid,
+                    before,
+                },
+                Some(l),
+            ) => {
+                if l.master != Some(*bridge) {
+                    Ok(())
+                } else {
+                    match before {
+                        None => nl.del_port_vlan(l, *vid).map(drop),
+                        Some(v) => nl.set_port_vlan(l, *v),
+                    }
+                }
+            }
             (Step::Route { ip, table }, Some(l)) => nl
                 .del_host_route(*ip, *table, l.index)
                 .map(drop)
@@ -430,13 +504,28 @@ fn undo_steps(
                 routed::write_sysctl(ifname, *sysctl, false).map_err(LinkError::from)
             }
         };
-        log::debug!("{ifname}: undoing {step:?}");
         if let Err(e) = r {
             log::warn!("could not undo a change on {ifname}: {e}");
             failed.push((step.clone(), e));
         }
     }
     failed
+}
+
+/// Removes the plain rules `iif IFNAME lookup TABLE` of `family`: what an
+/// add that was not seen through may have left.
+fn undo_pending_rule(
+    nl: &mut Rtnl,
+    ifname: &str,
+    family: Family,
+    table: u32,
+) -> Result<(), LinkError> {
+    for rule in nl.iif_rules(ifname)? {
+        if rule.family == family && rule.table == table && rule.details.is_plain() {
+            nl.del_rule(&rule)?;
+        }
+    }
+    Ok(())
 }
 
 /// The state of a set-up in progress.
@@ -448,14 +537,29 @@ struct Setup<'a> {
 }
 
 impl Setup<'_> {
-    /// Notes a change made, on record at once.
-    fn push(&mut self, step: Step) -> Result<(), LinkError> {
-        log::debug!("{}: done {step:?}", self.tap.name);
+    /// Puts a change on record before it is made (write-ahead).
+    fn intend(&mut self, step: Step) -> Result<(), LinkError> {
+        log::debug!("{}: {step:?}", self.tap.name);
         self.done.push(step.clone());
         if let Some(j) = &mut self.journal
             && let Some(r) = &mut j.record
         {
             r.steps.push(step);
+            j.save()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces a recorded step by what it turned out to be.
+    fn settle(&mut self, old: &Step, new: Vec<Step>) -> Result<(), LinkError> {
+        if let Some(i) = self.done.iter().rposition(|s| s == old) {
+            self.done.splice(i..=i, new.iter().cloned());
+        }
+        if let Some(j) = &mut self.journal
+            && let Some(r) = &mut j.record
+            && let Some(i) = r.steps.iter().rposition(|s| s == old)
+        {
+            r.steps.splice(i..=i, new);
             j.save()?;
         }
         Ok(())
@@ -482,9 +586,9 @@ impl Setup<'_> {
 
     fn up(&mut self) -> Result<(), LinkError> {
         if !self.tap.up {
+            self.intend(Step::Up)?;
             self.nl.set_admin(&self.tap, true)?;
             self.tap.up = true;
-            self.push(Step::Up)?;
         }
         Ok(())
     }
@@ -509,12 +613,12 @@ impl Setup<'_> {
             None => bridge.map(bridge_mtu).transpose()?.flatten(),
         };
         if let Some(mtu) = mtu
-            && self.tap.mtu != Some(mtu)
+            && let Some(before) = self.tap.mtu
+            && before != mtu
         {
+            self.intend(Step::Mtu { before, after: mtu })?;
             self.nl.set_mtu(&self.tap, mtu)?;
-            if let Some(before) = self.tap.mtu.replace(mtu) {
-                self.push(Step::Mtu { before })?;
-            }
+            self.tap.mtu = Some(mtu);
         }
         let mac = opts.mac.or_else(|| {
             bridge?;
@@ -523,19 +627,22 @@ impl Setup<'_> {
             Some(MacAddr(m))
         });
         if let Some(mac) = mac
-            && self.tap.mac != Some(mac.0)
+            && let Some(before) = self.tap.mac
+            && before != mac.0
         {
+            self.intend(Step::Mac {
+                before,
+                after: mac.0,
+            })?;
             self.nl.set_mac(&self.tap, mac)?;
-            if let Some(before) = self.tap.mac.replace(mac.0) {
-                self.push(Step::Mac { before })?;
-            }
+            self.tap.mac = Some(mac.0);
         }
         if let Some(b) = bridge
             && self.tap.master != Some(b.index)
         {
+            self.intend(Step::Master { bridge: b.index })?;
             self.nl.set_master(&self.tap, b)?;
-            let before = self.tap.master.replace(b.index).unwrap_or(0);
-            self.push(Step::Master { before })?;
+            self.tap.master = Some(b.index);
         }
         if opts.up || opts.mode.is_some() {
             self.up()?;
@@ -546,15 +653,17 @@ impl Setup<'_> {
     /// The port's VLANs on a VLAN-filtering bridge, as Ganeti sets them:
     /// the untagged VLAN as PVID and egress untagged, the others tagged.
     /// VLANs the port has besides are left alone.
-    fn bridge_vlans(&mut self, spec: &VlanSpec) -> Result<(), LinkError> {
+    fn bridge_vlans(&mut self, bridge: &LinkState, spec: &VlanSpec) -> Result<(), LinkError> {
         let before = self.nl.port_vlans(&self.tap)?;
         let find = |vid: u16| before.iter().find(|v| v.vid == vid).copied();
         if let Some(native) = spec.untagged
+            && find(native) != Some(PortVlan::native(native))
             && let Some(old) = before.iter().find(|v| v.pvid && v.vid != native)
         {
             // Making `native` the PVID takes the flag from `old`; its
             // undo gives it back (undone after `native`'s own).
-            self.push(Step::PortVlan {
+            self.intend(Step::PortVlan {
+                bridge: bridge.index,
                 vid: old.vid,
                 before: Some(*old),
             })?;
@@ -567,8 +676,12 @@ impl Setup<'_> {
             };
             let had = find(vid);
             if had != Some(want) {
+                self.intend(Step::PortVlan {
+                    bridge: bridge.index,
+                    vid,
+                    before: had,
+                })?;
                 self.nl.set_port_vlan(&self.tap, want)?;
-                self.push(Step::PortVlan { vid, before: had })?;
             }
         }
         Ok(())
@@ -578,7 +691,7 @@ impl Setup<'_> {
         let ifname = self.tap.name.clone();
         let mut families: Vec<Family> = Vec::new();
         for ip in ips {
-            let f = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
+            let f = Family::of(*ip);
             if !families.contains(&f) {
                 families.push(f);
             }
@@ -586,35 +699,39 @@ impl Setup<'_> {
         if let Some(table) = table {
             let rules = self.nl.iif_rules(&ifname)?;
             let exact = rules.len() == families.len()
-                && families
-                    .iter()
-                    .all(|f| rules.iter().any(|r| r.family == *f && r.table == table));
+                && families.iter().all(|f| {
+                    rules
+                        .iter()
+                        .any(|r| r.family == *f && r.table == table && r.details.is_plain())
+                });
             if !exact {
                 // Stale rules for this name (a tap of an earlier life, or
-                // another table) go, as Ganeti's script does.
+                // another table) go, as Ganeti's script does; they are
+                // not put back.
                 for rule in &rules {
                     self.nl.del_rule(rule)?;
                     self.forget(&Step::Rule { rule: rule.clone() })?;
                 }
                 for f in &families {
+                    let pending = Step::RulePending { family: *f, table };
+                    self.intend(pending.clone())?;
                     self.nl.add_iif_rule(*f, &ifname, table)?;
                     let added = self
                         .nl
                         .iif_rules(&ifname)?
                         .into_iter()
                         .filter(|r| r.family == *f && r.table == table)
-                        .collect::<Vec<_>>();
-                    for rule in added {
-                        self.push(Step::Rule { rule })?;
-                    }
+                        .map(|rule| Step::Rule { rule })
+                        .collect();
+                    self.settle(&pending, added)?;
                 }
             }
         }
         let table = table.unwrap_or(MAIN_TABLE);
         for ip in ips {
             if !self.nl.host_route(*ip, table, self.tap.index)? {
+                self.intend(Step::Route { ip: *ip, table })?;
                 self.nl.replace_host_route(*ip, table, self.tap.index)?;
-                self.push(Step::Route { ip: *ip, table })?;
             }
         }
         for f in &families {
@@ -624,8 +741,8 @@ impl Setup<'_> {
             };
             for s in sysctls {
                 if !routed::read_sysctl(&ifname, s)? {
+                    self.intend(Step::Sysctl { sysctl: s })?;
                     routed::write_sysctl(&ifname, s, true)?;
-                    self.push(Step::Sysctl { sysctl: s })?;
                 }
             }
         }
@@ -639,7 +756,7 @@ impl Setup<'_> {
         vlan: Option<&VlanSpec>,
     ) -> Result<(), LinkError> {
         let ifname = self.tap.name.clone();
-        let (tag, trunks, vlan_mode) = match vlan {
+        let (tag, mut trunks, vlan_mode) = match vlan {
             None => (None, Vec::new(), None),
             Some(v) => match v.kind() {
                 VlanKind::Access => (v.untagged, Vec::new(), None),
@@ -651,30 +768,64 @@ impl Setup<'_> {
                 ),
             },
         };
+        // OVS keeps trunks as a set.
+        trunks.sort_unstable();
         let now = ovs.port(&ifname)?;
         let right = now.as_ref().is_some_and(|p| {
-            p.bridge == switch && p.tag == tag && p.trunks == trunks && p.vlan_mode == vlan_mode
+            let mut have = p.trunks.clone();
+            have.sort_unstable();
+            p.bridge == switch && p.tag == tag && have == trunks && p.vlan_mode == vlan_mode
         });
-        if !right {
-            ovs.add_port(switch, &ifname, vlan)?;
-            let step = Step::OvsPort {
-                bridge: switch.to_string(),
-            };
-            if !self.recorded(&step) {
-                self.push(step)?;
-            }
+        if right {
+            return Ok(());
         }
+        let step = Step::OvsPort {
+            bridge: switch.to_string(),
+        };
+        // A port that was on this switch before vmtap came is changed,
+        // not taken over: ifdown leaves it.
+        let ours = now.as_ref().is_none_or(|p| p.bridge != switch) || self.recorded(&step);
+        if ours && !self.recorded(&step) {
+            self.intend(step)?;
+        }
+        ovs.add_port(switch, &ifname, vlan)?;
         Ok(())
     }
+}
+
+/// What a mode needs from the host, looked up before anything changes.
+struct Needs {
+    bridge: Option<LinkState>,
+    table: Option<u32>,
+    ovs: Option<Ovs>,
+}
+
+fn look_up(nl: &mut Rtnl, mode: Option<&NicMode>) -> Result<Needs, LinkError> {
+    let mut needs = Needs {
+        bridge: None,
+        table: None,
+        ovs: None,
+    };
+    match mode {
+        None => {}
+        Some(NicMode::Bridged { bridge, vlan }) => {
+            needs.bridge = Some(require_bridge(nl, bridge, vlan.as_ref())?);
+        }
+        Some(NicMode::Routed { table, .. }) => {
+            needs.table = table.as_deref().map(routed::resolve_table).transpose()?;
+        }
+        Some(NicMode::Openvswitch { .. }) => needs.ovs = Some(Ovs::from_env()),
+    }
+    Ok(needs)
 }
 
 /// Sets up the host side of `ifname`: MTU, MAC and up as asked, then the
 /// NIC mode (bridged, routed, openvswitch) as Ganeti's NIC scripts do,
 /// natively and idempotently: each step is skipped when already done, so
 /// a second call changes nothing. In a mode, every change is put on
-/// record (see [`StateDir`]) for [`ifdown`], and a record of an earlier
-/// tap of the same name is undone first (its rules and OVS port outlive
-/// it).
+/// record (see [`StateDir`]) before it is made, for [`ifdown`], and a
+/// record of an earlier tap of the same name (or of another mode) is
+/// undone first: its rules and OVS port outlive the tap.
 ///
 /// Returns what was changed. If a step fails, the steps before it are
 /// undone before the error is returned.
@@ -692,96 +843,74 @@ pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkEr
         check_tap_mtu(mtu)?;
     }
     let mut nl = Rtnl::open_for(ifname)?;
-    // What the mode needs, checked before anything changes.
-    let mut bridge = None;
-    let mut table = None;
-    let mut ovs = None;
-    match &opts.mode {
-        None => {}
-        Some(NicMode::Bridged { bridge: br, vlan }) => {
-            bridge = Some(require_bridge(&mut nl, br, vlan.as_ref())?);
+    // The NIC's lock comes first: what is read next is not changed by
+    // another vmtap until this one is done.
+    let mut journal = match &opts.mode {
+        Some(_) => {
+            let dir = opts.state_dir.clone().unwrap_or_else(StateDir::from_env);
+            Some(Journal::open(&dir, ifname, true)?)
         }
-        Some(NicMode::Routed { table: t, .. }) => {
-            table = t.as_deref().map(routed::resolve_table).transpose()?;
-        }
-        Some(NicMode::Openvswitch { .. }) => ovs = Some(Ovs::from_env()),
-    }
-    let tap = nl.require(ifname)?;
+        None => None,
+    };
+    let needs = look_up(&mut nl, opts.mode.as_ref())?;
+    let mut tap = nl.require(ifname)?;
     changes.index = tap.index;
-    if let Some(mode) = &opts.mode {
-        let dir = opts.state_dir.clone().unwrap_or_else(StateDir::from_env);
-        let mut journal = Journal::open(&dir, ifname)?;
-        let keep = match &journal.record {
-            Some(r) => r.index == tap.index && r.mode.as_ref() == Some(mode),
-            None => false,
-        };
-        if !keep && let Some(old) = journal.record.take() {
-            // An earlier tap of this name, or another mode: undo it.
-            let live = (old.index == tap.index).then_some(&tap);
+    if let Some(j) = &mut journal {
+        let same = j
+            .record
+            .as_ref()
+            .is_some_and(|r| r.index == tap.index && r.mode == opts.mode);
+        if !same && let Some(old) = j.record.take() {
+            // An earlier tap of this name, or another mode: undo that
+            // first, once the new mode is known to be possible.
+            if let (Some(NicMode::Openvswitch { switch, .. }), Some(ovs)) = (&opts.mode, &needs.ovs)
+                && !ovs.bridge_exists(switch)?
+            {
+                j.record = Some(old);
+                return Err(crate::ovs::OvsError::NoSuchBridge(switch.clone()).into());
+            }
             log::debug!("{ifname}: undoing the record of an earlier set-up first");
+            let live = (old.index == tap.index).then_some(&tap);
             let failed = undo_steps(&mut nl, ifname, live, ovs_for(Some(&old)), &old.steps);
             if let Some((_, e)) = failed.into_iter().next() {
-                journal.record = Some(old);
+                j.record = Some(old);
                 return Err(e);
             }
-            // The undo may have changed the tap.
-            let tap_now = nl.require(ifname)?;
-            return configure_fresh(nl, tap_now, opts, journal, bridge, table, ovs, changes);
+            j.save()?;
+            tap = nl.require(ifname)?;
+            changes.index = tap.index;
         }
-        return configure_fresh(nl, tap, opts, journal, bridge, table, ovs, changes);
+        let record = j.record.get_or_insert_with(|| Record {
+            version: 1,
+            ifname: ifname.to_string(),
+            index: tap.index,
+            mode: opts.mode.clone(),
+            ovs_db: None,
+            owner: None,
+            steps: Vec::new(),
+        });
+        if let Some(o) = &opts.owner {
+            record.owner = Some(o.clone());
+        }
+        if let Some(ovs) = &needs.ovs {
+            record.ovs_db = Some(PathBuf::from(ovs.db_path()));
+        }
     }
     let mut setup = Setup {
         nl: &mut nl,
         tap,
         done: Vec::new(),
-        journal: None,
-    };
-    let result = setup.base(opts, bridge.as_ref());
-    changes.done = std::mem::take(&mut setup.done);
-    finish(changes, result)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn configure_fresh(
-    mut nl: Rtnl,
-    tap: LinkState,
-    opts: &LinkOptions,
-    mut journal: Journal,
-    bridge: Option<LinkState>,
-    table: Option<u32>,
-    ovs: Option<Ovs>,
-    mut changes: LinkChanges,
-) -> Result<LinkChanges, LinkError> {
-    let record = journal.record.get_or_insert_with(|| Record {
-        version: 1,
-        ifname: tap.name.clone(),
-        index: tap.index,
-        mode: opts.mode.clone(),
-        ovs_db: None,
-        owner: None,
-        steps: Vec::new(),
-    });
-    if let Some(o) = &opts.owner {
-        record.owner = Some(o.clone());
-    }
-    if let Some(ovs) = &ovs {
-        record.ovs_db = Some(PathBuf::from(ovs.db_path()));
-    }
-    let mut setup = Setup {
-        nl: &mut nl,
-        tap,
-        done: Vec::new(),
-        journal: Some(journal),
+        journal,
     };
     let result = (|| {
-        setup.base(opts, bridge.as_ref())?;
+        setup.base(opts, needs.bridge.as_ref())?;
         match &opts.mode {
             Some(NicMode::Bridged {
                 vlan: Some(spec), ..
-            }) => setup.bridge_vlans(spec),
-            Some(NicMode::Routed { ips, .. }) => setup.routed(ips, table),
+            }) => setup.bridge_vlans(needs.bridge.as_ref().expect("looked up"), spec),
+            Some(NicMode::Routed { ips, .. }) => setup.routed(ips, needs.table),
             Some(NicMode::Openvswitch { switch, vlan }) => {
-                let ovs = ovs.as_ref().expect("looked up above");
+                let ovs = needs.ovs.as_ref().expect("looked up");
                 setup.openvswitch(ovs, switch, vlan.as_ref())
             }
             _ => Ok(()),
@@ -789,23 +918,14 @@ fn configure_fresh(
     })();
     changes.done = std::mem::take(&mut setup.done);
     changes.journal = setup.journal.take();
-    if let Some(j) = &changes.journal
-        && let Err(e) = j.save()
-        && result.is_ok()
-    {
-        let _ = changes.undo();
-        return Err(e);
-    }
-    finish(changes, result)
-}
-
-fn finish(changes: LinkChanges, result: Result<(), LinkError>) -> Result<LinkChanges, LinkError> {
     match result {
         Ok(()) => Ok(changes),
         Err(e) => {
             if let Err(u) = changes.undo() {
                 log::warn!("{u}");
             }
+            // The host was touched (and put back): whatever the cause,
+            // this is no longer a plain input error.
             Err(e)
         }
     }
@@ -827,13 +947,23 @@ pub enum Ifdown {
 
 /// Undoes what [`configure`] recorded for `ifname` in this network
 /// namespace, and nothing else: the rules, routes, sysctls, bridge VLANs,
-/// OVS port, up state, bridge port, MAC and MTU it changed. Works when
-/// the tap is gone (then only what outlives it is left to undo: rules and
-/// the OVS port). What fails stays on record, so running it again
-/// finishes the job.
+/// OVS port, up state, bridge port, MAC and MTU it changed, each only
+/// while it is as vmtap left it. Works when the tap is gone (then only
+/// what outlives it is left to undo: rules and the OVS port). What fails
+/// stays on record, so running it again finishes the job.
 pub fn ifdown(ifname: &str, dir: &StateDir) -> Result<Ifdown, LinkError> {
-    let mut journal = Journal::open(dir, ifname)?;
-    let Some(record) = journal.record.take() else {
+    ifdown_if(ifname, dir, |_| true)
+}
+
+fn ifdown_if(
+    ifname: &str,
+    dir: &StateDir,
+    ours: impl Fn(&Record) -> bool,
+) -> Result<Ifdown, LinkError> {
+    let Some(mut journal) = Journal::open_existing(dir, ifname)? else {
+        return Ok(Ifdown::NoRecord);
+    };
+    let Some(record) = journal.record.take_if(|r| ours(r)) else {
         return Ok(Ifdown::NoRecord);
     };
     let mut nl = Rtnl::open_for(ifname)?;
@@ -857,12 +987,19 @@ pub fn ifdown(ifname: &str, dir: &StateDir) -> Result<Ifdown, LinkError> {
     Err(failed.into_iter().next().expect("not empty").1)
 }
 
-/// The interface whose record names `owner` (a hot-plug) in this network
-/// namespace, if any: what [`ifdown`] undoes when that NIC is removed.
-pub fn owned_nic(owner: &Owner, dir: &StateDir) -> Result<Option<String>, LinkError> {
+/// Undoes the records that `owner` (a hot-plug) made in this network
+/// namespace (each checked again under its lock): the interfaces undone.
+pub fn ifdown_owned(owner: &Owner, dir: &StateDir) -> Result<Vec<String>, LinkError> {
     // More records than this in one directory is not a host vmtap serves.
     const LIMIT: usize = 1 << 20;
-    crate::record::find_owned(dir, owner, LIMIT)
+    let mut undone = Vec::new();
+    for ifname in crate::record::find_owned(dir, owner, LIMIT)? {
+        if let Ifdown::Undone { .. } = ifdown_if(&ifname, dir, |r| r.owner.as_ref() == Some(owner))?
+        {
+            undone.push(ifname);
+        }
+    }
+    Ok(undone)
 }
 
 #[cfg(test)]
@@ -998,19 +1135,79 @@ mod tests {
 
     #[test]
     fn steps_keep_their_record_form() {
-        // The on-disk form is read by later versions: keep it stable.
-        let s = Step::Route {
-            ip: "10.0.0.2".parse().unwrap(),
+        // The on-disk form is read by later versions (and by an ifdown of
+        // a newer vmtap): every step's form is pinned here.
+        let rule = IifRule {
+            family: Family::V4,
+            iif: "t0".into(),
             table: 100,
+            priority: Some(32765),
+            detached: false,
+            details: crate::routed::RuleDetails::plain(),
         };
-        assert_eq!(
-            serde_json::to_string(&s).unwrap(),
-            r#"{"step":"route","ip":"10.0.0.2","table":100}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Step::Up).unwrap(),
-            r#"{"step":"up"}"#
-        );
+        let rule_json = serde_json::to_string(&rule).unwrap();
+        for (step, want) in [
+            (
+                Step::Mtu {
+                    before: 1500,
+                    after: 1400,
+                },
+                r#"{"step":"mtu","before":1500,"after":1400}"#.to_string(),
+            ),
+            (
+                Step::Mac {
+                    before: [2, 0, 0, 0, 0, 1],
+                    after: [0xfe, 0, 0, 0, 0, 1],
+                },
+                r#"{"step":"mac","before":[2,0,0,0,0,1],"after":[254,0,0,0,0,1]}"#.to_string(),
+            ),
+            (
+                Step::Master { bridge: 7 },
+                r#"{"step":"master","bridge":7}"#.to_string(),
+            ),
+            (Step::Up, r#"{"step":"up"}"#.to_string()),
+            (
+                Step::PortVlan {
+                    bridge: 7,
+                    vid: 100,
+                    before: Some(PortVlan::native(1)),
+                },
+                r#"{"step":"port_vlan","bridge":7,"vid":100,"before":{"vid":1,"pvid":true,"untagged":true}}"#
+                    .to_string(),
+            ),
+            (
+                Step::RulePending {
+                    family: Family::V6,
+                    table: 100,
+                },
+                r#"{"step":"rule_pending","family":"V6","table":100}"#.to_string(),
+            ),
+            (
+                Step::Rule { rule: rule.clone() },
+                format!(r#"{{"step":"rule","rule":{rule_json}}}"#),
+            ),
+            (
+                Step::Route {
+                    ip: "10.0.0.2".parse().unwrap(),
+                    table: 100,
+                },
+                r#"{"step":"route","ip":"10.0.0.2","table":100}"#.to_string(),
+            ),
+            (
+                Step::Sysctl {
+                    sysctl: Sysctl::ProxyArp,
+                },
+                r#"{"step":"sysctl","sysctl":"ProxyArp"}"#.to_string(),
+            ),
+            (
+                Step::OvsPort { bridge: "s".into() },
+                r#"{"step":"ovs_port","bridge":"s"}"#.to_string(),
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&step).unwrap(), want);
+            assert_eq!(serde_json::from_str::<Step>(&want).unwrap(), step);
+        }
+        assert!(rule_json.contains(r#""family":"V4","iif":"t0","table":100,"priority":32765"#));
         assert!(Step::OvsPort { bridge: "s".into() }.outlives_link());
         assert!(!Step::Up.outlives_link());
     }

@@ -189,13 +189,11 @@ pub enum HotplugError {
     Link(#[from] LinkError),
     /// The NIC is out of QEMU, but undoing its host-side set-up failed.
     #[error(
-        "NIC \"{id}\" is removed from QEMU, but undoing the host set-up of {ifname} failed: {source} (run `vmtap ifdown {ifname}` to finish)"
+        "NIC \"{id}\" is removed from QEMU, but undoing its host set-up failed: {source} (run `vmtap ifdown TAP` to finish)"
     )]
     HostCleanup {
         /// The NIC's id.
         id: String,
-        /// Its host tap.
-        ifname: String,
         /// What failed.
         #[source]
         source: Box<LinkError>,
@@ -973,19 +971,18 @@ fn host_cleanup(
     state_dir: Option<&link::StateDir>,
 ) -> Result<bool, HotplugError> {
     let dir = state_dir.cloned().unwrap_or_else(link::StateDir::from_env);
-    let cleanup = |ifname: String, source| HotplugError::HostCleanup {
-        id: id.to_string(),
-        ifname,
-        source: Box::new(source),
-    };
-    let Some(ifname) =
-        link::owned_nic(&owner(mon, id), &dir).map_err(|e| cleanup("its tap".into(), e))?
-    else {
-        return Ok(false);
-    };
-    link::ifdown(&ifname, &dir).map_err(|e| cleanup(ifname.clone(), e))?;
-    log::debug!("undid the host set-up of {ifname}");
-    Ok(true)
+    match link::ifdown_owned(&owner(mon, id), &dir) {
+        Ok(undone) => {
+            for ifname in &undone {
+                log::debug!("undid the host set-up of {ifname}");
+            }
+            Ok(!undone.is_empty())
+        }
+        Err(source) => Err(HotplugError::HostCleanup {
+            id: id.to_string(),
+            source: Box::new(source),
+        }),
+    }
 }
 
 /// `data` of `DEVICE_DELETED`.
