@@ -860,3 +860,74 @@ fn an_unsafe_state_directory_is_refused() {
         let _ = std::fs::remove_file(record.with_extension("json.new"));
     });
 }
+
+#[test]
+fn open_with_a_mode_sets_up_before_exec_and_undoes_a_failed_exec() {
+    in_netns(|| {
+        let o = vmtap_env(
+            &[
+                "open",
+                "--name",
+                "og0",
+                "--mode",
+                "routed",
+                "--ip",
+                "10.7.5.2",
+                "--link",
+                "100",
+                "--",
+                "sh",
+                "-c",
+                "ip -o rule show iif {ifname}; ip route show table 100",
+            ],
+            &[],
+        );
+        ok(&o);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("iif og0 lookup 100"), "{out}");
+        assert!(out.contains("10.7.5.2 dev og0 proto static"), "{out}");
+        // The tap went with the program; its rule stays until ifdown.
+        wait_gone("og0");
+        assert_eq!(rules_of("og0"), vec![("inet", "100".to_string())]);
+        ok(&vmtap_env(&["ifdown", "og0"], &[]));
+        assert_eq!(rules_of("og0"), vec![]);
+
+        // A program that cannot run: vmtap undoes it all itself.
+        let o = vmtap_env(
+            &[
+                "open",
+                "--name",
+                "og1",
+                "--mode",
+                "routed",
+                "--ip",
+                "10.7.5.3",
+                "--link",
+                "100",
+                "--",
+                "/nonexistent/qemu",
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(rules_of("og1"), vec![]);
+        assert!(records_of("og1").is_empty(), "{:?}", records_of("og1"));
+
+        // --ip belongs to routed NICs only; --vlan to bridged and OVS.
+        for (args, want) in [
+            (
+                vec!["open", "--bridge", "x", "--ip", "10.0.0.1", "--", "true"],
+                "--ip is for a routed NIC",
+            ),
+            (
+                vec![
+                    "open", "--mode", "routed", "--ip", "10.0.0.1", "--vlan", "5", "--", "true",
+                ],
+                "no VLANs",
+            ),
+            (vec!["open", "--vlan", "5", "--", "true"], "need --mode"),
+        ] {
+            fails(&vmtap_env(&args, &[]), 2, want);
+        }
+    });
+}
