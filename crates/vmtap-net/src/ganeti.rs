@@ -108,22 +108,15 @@ pub fn from_env(
     })
 }
 
-/// An interface name as the kernel takes it (`dev_valid_name`).
+/// An interface name as the kernel takes it.
 pub(crate) fn check_ifname(name: &str) -> Result<(), LinkError> {
-    let bad = name.is_empty()
-        || name.len() > 15
-        || name == "."
-        || name == ".."
-        || name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b < 0x20 || b == 0x7f);
-    if bad {
-        return Err(LinkError::InvalidEnv(format!(
-            "\"{}\" is not an interface name",
+    match crate::routed::ifname_problem(name) {
+        None => Ok(()),
+        Some(problem) => Err(LinkError::InvalidEnv(format!(
+            "\"{}\" is not an interface name: {problem}",
             name.escape_debug()
-        )));
+        ))),
     }
-    Ok(())
 }
 
 #[cfg(test)]

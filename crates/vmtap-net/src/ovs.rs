@@ -67,9 +67,6 @@ const BRIDGE_COLUMNS: [&str; 2] = ["name", "ports"];
 /// [`BRIDGE_COLUMNS`] as an option of `list`.
 const BRIDGE_COLUMNS_ARG: &str = "--columns=name,ports";
 
-/// The longest interface name (`IFNAMSIZ` less the NUL).
-const MAX_NAME: usize = 15;
-
 /// How to reach Open vSwitch: the `ovs-vsctl` program, the database
 /// socket it talks to, and how long one run may take.
 ///
@@ -536,23 +533,14 @@ fn is_executable(p: &Path) -> bool {
 /// (a port is an interface; a bridge has one of its name), and refuses a
 /// leading `-`, so that no name can be read as an option.
 fn check_name(what: &'static str, name: &str) -> Result<(), OvsError> {
-    // The kernel's isspace(): \t \n \v \f \r, space, and 0xa0 (which
-    // occurs inside UTF-8 characters such as 'à').
-    let kernel_space = |b: u8| matches!(b, 0x09..=0x0d | 0x20 | 0xa0);
-    let problem = if name.is_empty() {
-        "it is empty"
-    } else if name.len() > MAX_NAME {
-        "it is longer than 15 bytes (the kernel's limit for an interface name)"
-    } else if name == "." || name == ".." {
-        "\".\" and \"..\" are not interface names"
-    } else if name.starts_with('-') {
+    // The crate's one check of interface names; a leading '-' would read
+    // as an option, a control character garbles ovs-vsctl's output.
+    let problem = if name.starts_with('-') {
         "it starts with '-'"
-    } else if name.contains(['/', ':']) {
-        "it contains '/' or ':'"
     } else if name.chars().any(char::is_control) {
         "it contains a control character"
-    } else if name.bytes().any(kernel_space) {
-        "it contains a byte the kernel counts as white space"
+    } else if let Some(problem) = crate::routed::ifname_problem(name) {
+        problem
     } else {
         return Ok(());
     };

@@ -331,15 +331,13 @@ fn list_problems(problems: &[String]) -> String {
     }
 }
 
-/// Checks an interface name before it goes into a `/proc/sys` path or a
-/// netlink request: the kernel's rules (1 to 15 bytes; not `.` or `..`; no
-/// `/`, `:`, NUL, `%` or byte the kernel's `isspace()` counts as a space,
-/// 0xA0 included) and not `all` or `default`, which the kernel refuses for
-/// a device and which name the settings of every interface in
-/// `/proc/sys/net/*/conf`.
-pub fn check_ifname(name: &str) -> Result<(), RoutedError> {
+/// What is wrong with an interface name, if anything: the kernel's rules
+/// (1 to 15 bytes; not `.` or `..`; no `/`, `:`, NUL, `%` or byte the
+/// kernel's `isspace()` counts as a space, 0xA0 included) and not `all`
+/// or `default`. The one check of names in this crate.
+pub(crate) fn ifname_problem(name: &str) -> Option<&'static str> {
     let kernel_space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0);
-    let problem = if name.is_empty() {
+    if name.is_empty() {
         Some("it is empty")
     } else if name.len() > IFNAME_MAX {
         Some("it is longer than 15 bytes")
@@ -359,7 +357,17 @@ pub fn check_ifname(name: &str) -> Result<(), RoutedError> {
         Some("it contains a byte the kernel counts as a space")
     } else {
         None
-    };
+    }
+}
+
+/// Checks an interface name before it goes into a `/proc/sys` path or a
+/// netlink request: the kernel's rules (1 to 15 bytes; not `.` or `..`; no
+/// `/`, `:`, NUL, `%` or byte the kernel's `isspace()` counts as a space,
+/// 0xA0 included) and not `all` or `default`, which the kernel refuses for
+/// a device and which name the settings of every interface in
+/// `/proc/sys/net/*/conf`.
+pub fn check_ifname(name: &str) -> Result<(), RoutedError> {
+    let problem = ifname_problem(name);
     match problem {
         Some(problem) => Err(RoutedError::InvalidName {
             name: name.to_string(),

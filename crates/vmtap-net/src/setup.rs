@@ -154,15 +154,8 @@ impl fmt::Display for NicMode {
 
 /// A bridge's or switch's name must be an interface name.
 fn check_link_name(mode: &'static str, name: &str) -> Result<(), LinkError> {
-    let bad = name.is_empty()
-        || name.len() > 15
-        || name == "."
-        || name == ".."
-        || name.starts_with('-')
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-    if bad {
+    // A leading '-' would read as an option to ovs-vsctl.
+    if name.starts_with('-') || crate::routed::ifname_problem(name).is_some() {
         return Err(LinkError::InvalidLinkName {
             mode,
             name: name.to_string(),
