@@ -498,7 +498,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let nic = link::ganeti::from_env(link::ganeti::Action::Up, iface.as_deref(), |k| {
                 std::env::var(k).ok()
             })?;
-            let opts = LinkOptions::new().mode(nic.mode);
+            let opts = LinkOptions::new().mode(nic.mode).nic(nic.nic);
             link::configure(&nic.ifname, &opts)?.keep();
             Ok(())
         }
@@ -506,10 +506,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let nic = link::ganeti::from_env(link::ganeti::Action::Down, iface.as_deref(), |k| {
                 std::env::var(k).ok()
             })?;
-            match link::ifdown(&nic.ifname, &link::StateDir::from_env())? {
+            let dir = link::StateDir::from_env();
+            let done = match &nic.nic {
+                Some(id) => link::ifdown_nic(&nic.ifname, id, &dir)?,
+                None => link::ifdown(&nic.ifname, &dir)?,
+            };
+            match done {
                 link::Ifdown::NoRecord => {
                     log::info!("no record of a set-up of {}: nothing to undo", nic.ifname)
                 }
+                link::Ifdown::OtherNic => log::warn!(
+                    "{} is set up for another NIC now (the name was reused): left alone",
+                    nic.ifname
+                ),
                 done => log::debug!("{}: {done:?}", nic.ifname),
             }
             Ok(())

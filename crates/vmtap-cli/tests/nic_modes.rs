@@ -478,11 +478,14 @@ fn routed_rules_outlive_the_tap_and_ifdown_removes_them_after() {
 }
 
 #[test]
-fn a_routed_failure_half_way_undoes_the_steps_before_it() {
+fn an_ipv6_nic_on_a_tap_without_ipv6_is_refused_before_anything_changes() {
     in_netns(|| {
         ip(&["tuntap", "add", "dev", "rf0", "mode", "tap"]);
-        // IPv6 off on the tap: the IPv6 route is refused after the link
-        // went up and the rule was added.
+        // Someone else's rule for the tap (a selector besides iif): never
+        // vmtap's to remove.
+        ip(&[
+            "rule", "add", "iif", "rf0", "fwmark", "7", "lookup", "200", "pref", "100",
+        ]);
         std::fs::write("/proc/sys/net/ipv6/conf/rf0/disable_ipv6", "1").unwrap();
         let before = (rules_of("rf0"), sysctls("rf0"), is_up("rf0"));
         let o = vmtap_env(
@@ -496,7 +499,7 @@ fn a_routed_failure_half_way_undoes_the_steps_before_it() {
         );
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(err.contains("rf0"), "{err}");
+        assert!(err.contains("IPv6 is off on \"rf0\""), "{err}");
         assert_eq!((rules_of("rf0"), sysctls("rf0"), is_up("rf0")), before);
         assert_eq!(routes_of("rf0", "100"), vec![]);
         assert!(records_of("rf0").is_empty(), "{:?}", records_of("rf0"));
@@ -714,7 +717,8 @@ fn openvswitch_port_of_someone_else_and_a_gone_tap() {
         ok(&vmtap_env(&["ifdown", "ob0"], &run_env));
         assert_eq!(ovs_ports(&d, "sw1"), vec!["oa0"]);
 
-        // No such switch: an error naming it, nothing changed.
+        // No such switch: found out after the tap was brought up (a
+        // failure half-way), so that is undone; the error names it.
         let before = bridged_state("oa0");
         let o = vmtap_env(
             &["ifup"],
@@ -929,5 +933,37 @@ fn open_with_a_mode_sets_up_before_exec_and_undoes_a_failed_exec() {
         ] {
             fails(&vmtap_env(&args, &[]), 2, want);
         }
+    });
+}
+
+#[test]
+fn a_late_ifdown_of_another_instance_leaves_a_reused_name_alone() {
+    in_netns(|| {
+        ip(&["tuntap", "add", "dev", "ri0", "mode", "tap"]);
+        let nic = |instance: &'static str, addr: &'static str| {
+            [
+                ("INTERFACE", "ri0"),
+                ("MODE", "routed"),
+                ("LINK", "100"),
+                ("IP", addr),
+                ("INSTANCE", instance),
+            ]
+        };
+        ok(&vmtap_env(&["ifup"], &nic("vm-a", "10.7.6.2")));
+        // vm-a's tap goes; vm-b gets the same name.
+        ip(&["link", "del", "ri0"]);
+        ip(&["tuntap", "add", "dev", "ri0", "mode", "tap"]);
+        ok(&vmtap_env(&["ifup"], &nic("vm-b", "10.7.6.3")));
+        let b = (rules_of("ri0"), routes_of("ri0", "100"), sysctls("ri0"));
+        assert_eq!(b.1, vec![("10.7.6.3".to_string(), "static".to_string())]);
+        // vm-a's late ifdown: not its NIC any more.
+        ok(&vmtap_env(&["ifdown"], &nic("vm-a", "10.7.6.2")));
+        assert_eq!(
+            (rules_of("ri0"), routes_of("ri0", "100"), sysctls("ri0")),
+            b
+        );
+        ok(&vmtap_env(&["ifdown"], &nic("vm-b", "10.7.6.3")));
+        assert_eq!(rules_of("ri0"), vec![]);
+        assert_eq!(routes_of("ri0", "100"), vec![]);
     });
 }

@@ -39,6 +39,9 @@ pub struct GanetiNic {
     pub mode: Option<NicMode>,
     /// The guest's MAC address, when given.
     pub mac: Option<MacAddr>,
+    /// What identifies the NIC beyond the tap's name: `INSTANCE`,
+    /// `INTERFACE_UUID` and `MAC` as given (see `LinkOptions::nic`).
+    pub nic: Option<String>,
 }
 
 /// Reads a NIC from Ganeti's variables (`var` looks one up: an unset
@@ -76,6 +79,17 @@ pub fn from_env(
         }
     };
     check_ifname(&ifname)?;
+    let nic = {
+        let parts: Vec<String> = [
+            ("instance", "INSTANCE"),
+            ("uuid", "INTERFACE_UUID"),
+            ("mac", "MAC"),
+        ]
+        .iter()
+        .filter_map(|(k, v)| set(v).map(|val| format!("{k}={}", val.to_ascii_lowercase())))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    };
     if action == Action::Down {
         // Down undoes what is on record: the other variables do not
         // matter, and a bad one must not keep a NIC from being undone.
@@ -83,6 +97,7 @@ pub fn from_env(
             ifname,
             mode: None,
             mac: None,
+            nic,
         });
     }
     let mac = set("MAC").map(|m| m.parse::<MacAddr>()).transpose()?;
@@ -105,6 +120,7 @@ pub fn from_env(
         ifname,
         mode: Some(mode),
         mac,
+        nic,
     })
 }
 

@@ -19,7 +19,9 @@ pub mod vlan;
 
 pub use bridge::PortVlan;
 pub use record::{DEFAULT_STATE_DIR, Owner, StateDir};
-pub use setup::{Ifdown, LinkChanges, LinkOptions, NicMode, configure, ifdown, ifdown_owned};
+pub use setup::{
+    Ifdown, LinkChanges, LinkOptions, NicMode, configure, ifdown, ifdown_nic, ifdown_owned,
+};
 pub use vlan::{VlanError, VlanKind, VlanSpec};
 
 use std::fmt;
@@ -212,6 +214,20 @@ pub enum LinkError {
         path: std::path::PathBuf,
         /// What is wrong with it.
         problem: String,
+    },
+    /// An IPv6 address for a tap without IPv6.
+    #[error(
+        "IPv6 is off on \"{0}\" (disable_ipv6, or no IPv6 on this host): it cannot route an IPv6 address"
+    )]
+    Ipv6Off(String),
+    /// Undoing the set-up of this tap failed.
+    #[error("undoing the host set-up of {ifname}: {source}")]
+    Cleanup {
+        /// The tap.
+        ifname: String,
+        /// What failed.
+        #[source]
+        source: Box<LinkError>,
     },
     /// Another process holds the NIC's lock.
     #[error("another vmtap is setting up or tearing down this NIC (lock {} held for {seconds} s)", path.display())]

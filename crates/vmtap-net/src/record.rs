@@ -36,6 +36,17 @@ impl StateDir {
         }
     }
 
+    fn check_absolute(&self) -> Result<(), LinkError> {
+        if self.0.is_absolute() {
+            Ok(())
+        } else {
+            Err(LinkError::UnsafeStateDir {
+                path: self.0.clone(),
+                problem: "not an absolute path".into(),
+            })
+        }
+    }
+
     /// This directory.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self(path.into())
@@ -70,6 +81,9 @@ pub(crate) struct Record {
     /// made later is another device.
     pub index: u32,
     pub mode: Option<NicMode>,
+    /// What identifies the NIC beyond the name (see `LinkOptions::nic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<String>,
     /// The Open vSwitch database used, for undoing an OVS port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ovs_db: Option<PathBuf>,
@@ -131,6 +145,26 @@ fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// What in a record is not about `ifname`: a record that would make
+/// vmtap touch another interface is refused whole.
+fn foreign_step(r: &Record, ifname: &str) -> Option<String> {
+    if r.ifname != ifname {
+        return Some(format!("it is the record of \"{}\"", r.ifname));
+    }
+    for step in &r.steps {
+        match step {
+            Step::Rule { rule } if rule.iif != ifname => {
+                return Some(format!("it holds a rule of \"{}\"", rule.iif));
+            }
+            Step::OvsPort { .. } if !matches!(r.mode, Some(NicMode::Openvswitch { .. })) => {
+                return Some("it holds an Open vSwitch port of a NIC of another mode".into());
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// A NIC's record, locked for the life of this value.
 #[derive(Debug)]
 pub(crate) struct Journal {
@@ -154,6 +188,7 @@ impl Journal {
     /// Locks and reads the record of `ifname` in this network namespace
     /// (none when there is no file), making the directory if `create`.
     pub fn open(dir: &StateDir, ifname: &str, create: bool) -> Result<Self, LinkError> {
+        dir.check_absolute()?;
         let nics = dir.nics();
         if create {
             fs::DirBuilder::new()
@@ -168,13 +203,12 @@ impl Journal {
         let lock = lock(&lock_path)?;
         let record = read_record(&path)?;
         if let Some(r) = &record
-            && r.ifname != ifname
+            && let Some(problem) = foreign_step(r, ifname)
         {
-            return Err(LinkError::BadRecord {
-                path,
-                problem: format!("it is the record of \"{}\"", r.ifname),
-            });
+            return Err(LinkError::BadRecord { path, problem });
         }
+        // A new copy left by a process killed while saving.
+        let _ = fs::remove_file(path.with_extension("json.new"));
         Ok(Self {
             path,
             lock_path,

@@ -244,6 +244,10 @@ pub struct LinkOptions {
     pub state_dir: Option<StateDir>,
     /// Who set the NIC up (a hot-plug), saved in the record.
     pub owner: Option<Owner>,
+    /// What identifies the NIC beyond its tap's name (Ganeti's instance,
+    /// MAC, UUID), saved in the record: an ifdown that names another NIC
+    /// leaves this one alone.
+    pub nic: Option<String>,
 }
 
 impl LinkOptions {
@@ -278,6 +282,11 @@ impl LinkOptions {
     /// Keeps the record of the changes in this directory.
     pub fn state_dir(mut self, dir: StateDir) -> Self {
         self.state_dir = Some(dir);
+        self
+    }
+    /// Records what identifies the NIC.
+    pub fn nic(mut self, nic: impl Into<Option<String>>) -> Self {
+        self.nic = nic.into();
         self
     }
     /// Records who set the NIC up.
@@ -497,12 +506,35 @@ fn undo_steps(
                 routed::write_sysctl(ifname, *sysctl, false).map_err(LinkError::from)
             }
         };
-        if let Err(e) = r {
-            log::warn!("could not undo a change on {ifname}: {e}");
-            failed.push((step.clone(), e));
+        match r {
+            Ok(()) => {}
+            // The device went while this ran (QEMU exited): its changes
+            // went with it.
+            Err(e) if !step.outlives_link() && device_gone(&e) => {
+                log::debug!("{ifname}: gone while undoing: {e}");
+            }
+            Err(e) => {
+                log::warn!("could not undo a change on {ifname}: {e}");
+                failed.push((step.clone(), e));
+            }
         }
     }
     failed
+}
+
+/// Whether an error says the device is gone (ENODEV, or ENOENT of its
+/// /proc/sys files).
+fn device_gone(e: &LinkError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT))
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Removes the plain rules `iif IFNAME lookup TABLE` of `family`: what an
@@ -690,13 +722,18 @@ impl Setup<'_> {
             }
         }
         if let Some(table) = table {
-            let rules = self.nl.iif_rules(&ifname)?;
+            // Plain `iif TAP lookup N` rules are the NIC script's; rules
+            // with other selectors (a fwmark, a source) are someone else's.
+            let rules: Vec<IifRule> = self
+                .nl
+                .iif_rules(&ifname)?
+                .into_iter()
+                .filter(|r| r.details.is_plain())
+                .collect();
             let exact = rules.len() == families.len()
-                && families.iter().all(|f| {
-                    rules
-                        .iter()
-                        .any(|r| r.family == *f && r.table == table && r.details.is_plain())
-                });
+                && families
+                    .iter()
+                    .all(|f| rules.iter().any(|r| r.family == *f && r.table == table));
             if !exact {
                 // Stale rules for this name (a tap of an earlier life, or
                 // another table) go, as Ganeti's script does; they are
@@ -715,8 +752,12 @@ impl Setup<'_> {
                         .into_iter()
                         .filter(|r| r.family == *f && r.table == table)
                         .map(|rule| Step::Rule { rule })
-                        .collect();
-                    self.settle(&pending, added)?;
+                        .collect::<Vec<_>>();
+                    // Not seen (an inconsistent dump): stays pending, so
+                    // its undo still finds it.
+                    if !added.is_empty() {
+                        self.settle(&pending, added)?;
+                    }
                 }
             }
         }
@@ -786,6 +827,24 @@ impl Setup<'_> {
     }
 }
 
+/// Checks what a mode needs of the tap itself before anything changes
+/// (an IPv6 address needs IPv6 on the tap).
+fn preflight(mode: &NicMode, tap: &LinkState) -> Result<(), LinkError> {
+    if let NicMode::Routed { ips, .. } = mode
+        && ips.iter().any(IpAddr::is_ipv6)
+    {
+        let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", tap.name);
+        let off = match std::fs::read_to_string(&path) {
+            Ok(v) => v.trim() != "0",
+            Err(_) => true,
+        };
+        if off {
+            return Err(LinkError::Ipv6Off(tap.name.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// What a mode needs from the host, looked up before anything changes.
 struct Needs {
     bridge: Option<LinkState>,
@@ -836,26 +895,32 @@ pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkEr
         check_tap_mtu(mtu)?;
     }
     let mut nl = Rtnl::open_for(ifname)?;
-    // The NIC's lock comes first: what is read next is not changed by
-    // another vmtap until this one is done.
+    // What the mode needs, and the tap, are looked up first (nothing is
+    // made for a NIC that cannot be), then the NIC's lock is taken and the
+    // tap read again: from then on no other vmtap changes it.
+    let needs = look_up(&mut nl, opts.mode.as_ref())?;
+    let mut tap = nl.require(ifname)?;
+    if let Some(mode) = &opts.mode {
+        preflight(mode, &tap)?;
+    }
     let mut journal = match &opts.mode {
         Some(_) => {
             let dir = opts.state_dir.clone().unwrap_or_else(StateDir::from_env);
-            Some(Journal::open(&dir, ifname, true)?)
+            let j = Journal::open(&dir, ifname, true)?;
+            tap = nl.require(ifname)?;
+            Some(j)
         }
         None => None,
     };
-    let needs = look_up(&mut nl, opts.mode.as_ref())?;
-    let mut tap = nl.require(ifname)?;
     changes.index = tap.index;
     if let Some(j) = &mut journal {
         let same = j
             .record
             .as_ref()
-            .is_some_and(|r| r.index == tap.index && r.mode == opts.mode);
+            .is_some_and(|r| r.index == tap.index && r.mode == opts.mode && r.nic == opts.nic);
         if !same && let Some(old) = j.record.take() {
-            // An earlier tap of this name, or another mode: undo that
-            // first, once the new mode is known to be possible.
+            // An earlier tap of this name, or another set-up of this one:
+            // undo that first, once the new mode is known to be possible.
             if let (Some(NicMode::Openvswitch { switch, .. }), Some(ovs)) = (&opts.mode, &needs.ovs)
                 && !ovs.bridge_exists(switch)?
             {
@@ -866,8 +931,19 @@ pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkEr
             let live = (old.index == tap.index).then_some(&tap);
             let failed = undo_steps(&mut nl, ifname, live, ovs_for(Some(&old)), &old.steps);
             if let Some((_, e)) = failed.into_iter().next() {
-                j.record = Some(old);
-                return Err(e);
+                if live.is_some() {
+                    j.record = Some(old);
+                    return Err(e);
+                }
+                // What an earlier tap of this name left must not keep
+                // this one from being set up: said, and dropped.
+                log::warn!(
+                    "{ifname}: could not undo what an earlier tap of this name left ({}): {e}; \
+                     it stays on the host",
+                    old.mode
+                        .as_ref()
+                        .map_or("no mode".into(), |m| m.to_string())
+                );
             }
             j.save()?;
             tap = nl.require(ifname)?;
@@ -878,6 +954,7 @@ pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkEr
             ifname: ifname.to_string(),
             index: tap.index,
             mode: opts.mode.clone(),
+            nic: opts.nic.clone(),
             ovs_db: None,
             owner: None,
             steps: Vec::new(),
@@ -936,6 +1013,9 @@ pub enum Ifdown {
     },
     /// There was no record for the interface: nothing to undo.
     NoRecord,
+    /// The record under that name is another NIC's (the name was reused):
+    /// left alone.
+    OtherNic,
 }
 
 /// Undoes what [`configure`] recorded for `ifname` in this network
@@ -948,10 +1028,25 @@ pub fn ifdown(ifname: &str, dir: &StateDir) -> Result<Ifdown, LinkError> {
     ifdown_if(ifname, dir, |_| true)
 }
 
+/// [`ifdown`] of the NIC `nic` (see [`LinkOptions::nic`]): a record of
+/// another NIC under that tap name (the name was reused) is left alone,
+/// as [`Ifdown::OtherNic`].
+pub fn ifdown_nic(ifname: &str, nic: &str, dir: &StateDir) -> Result<Ifdown, LinkError> {
+    let mut other = false;
+    let r = ifdown_if(ifname, dir, |r| match &r.nic {
+        Some(n) if n != nic => {
+            other = true;
+            false
+        }
+        _ => true,
+    })?;
+    Ok(if other { Ifdown::OtherNic } else { r })
+}
+
 fn ifdown_if(
     ifname: &str,
     dir: &StateDir,
-    ours: impl Fn(&Record) -> bool,
+    mut ours: impl FnMut(&Record) -> bool,
 ) -> Result<Ifdown, LinkError> {
     let Some(mut journal) = Journal::open_existing(dir, ifname)? else {
         return Ok(Ifdown::NoRecord);
@@ -986,13 +1081,21 @@ pub fn ifdown_owned(owner: &Owner, dir: &StateDir) -> Result<Vec<String>, LinkEr
     // More records than this in one directory is not a host vmtap serves.
     const LIMIT: usize = 1 << 20;
     let mut undone = Vec::new();
+    let mut first = None;
     for ifname in crate::record::find_owned(dir, owner, LIMIT)? {
-        if let Ifdown::Undone { .. } = ifdown_if(&ifname, dir, |r| r.owner.as_ref() == Some(owner))?
-        {
-            undone.push(ifname);
+        match ifdown_if(&ifname, dir, |r| r.owner.as_ref() == Some(owner)) {
+            Ok(Ifdown::Undone { .. }) => undone.push(ifname),
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("{ifname}: {e}");
+                first.get_or_insert(LinkError::Cleanup {
+                    ifname,
+                    source: Box::new(e),
+                });
+            }
         }
     }
-    Ok(undone)
+    first.map_or(Ok(undone), Err)
 }
 
 #[cfg(test)]

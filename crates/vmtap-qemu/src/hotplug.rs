@@ -189,7 +189,7 @@ pub enum HotplugError {
     Link(#[from] LinkError),
     /// The NIC is out of QEMU, but undoing its host-side set-up failed.
     #[error(
-        "NIC \"{id}\" is removed from QEMU, but undoing its host set-up failed: {source} (run `vmtap ifdown TAP` to finish)"
+        "NIC \"{id}\" is removed from QEMU, but undoing its host set-up failed: {source} (run this `vmtap hotplug del` again to finish)"
     )]
     HostCleanup {
         /// The NIC's id.
