@@ -417,14 +417,6 @@ impl Rtnl {
         self.set(link, step, msg)
     }
 
-    /// Brings the link up (no-op when it is up already).
-    pub fn set_up(&mut self, link: &LinkState) -> Result<(), LinkError> {
-        if link.up {
-            return Ok(());
-        }
-        self.set_admin(link, true)
-    }
-
     /// Sets the MTU (no-op when it has it already).
     pub fn set_mtu(&mut self, link: &LinkState, mtu: u32) -> Result<(), LinkError> {
         if link.mtu == Some(mtu) {

@@ -555,44 +555,54 @@ fn check_name(what: &'static str, name: &str) -> Result<(), OvsError> {
 /// spec again (its fields are public): ids in 1..4094, none twice, at
 /// least one.
 fn vlan_settings(vlan: Option<&VlanSpec>) -> Result<Vec<String>, OvsError> {
-    let list = |vids: &[u16]| {
-        let v: Vec<String> = vids.iter().map(u16::to_string).collect();
-        format!("trunks=[{}]", v.join(","))
-    };
-    let none = || {
-        [
-            "tag=[]".to_string(),
-            "trunks=[]".into(),
-            "vlan_mode=[]".into(),
-        ]
-    };
+    let (tag, trunks, mode) = vlan_columns(vlan)?;
+    let trunks: Vec<String> = trunks.iter().map(u16::to_string).collect();
+    Ok(vec![
+        tag.map_or_else(|| "tag=[]".to_string(), |t| format!("tag={t}")),
+        format!("trunks=[{}]", trunks.join(",")),
+        format!("vlan_mode={}", mode.unwrap_or("[]")),
+    ])
+}
+
+/// `tag`, `trunks`, `vlan_mode`.
+type VlanColumns = (Option<u16>, Vec<u16>, Option<&'static str>);
+
+/// The `tag`, `trunks` (ascending: OVS keeps a set) and `vlan_mode` a
+/// port has for these VLANs: none, access (`tag`), trunk (`trunks`) or
+/// hybrid (all three, `native-untagged`). Checks the spec again (its
+/// fields are public): ids in 1..4094, none twice, at least one.
+fn vlan_columns(vlan: Option<&VlanSpec>) -> Result<VlanColumns, OvsError> {
     let Some(vlan) = vlan else {
-        return Ok(none().to_vec());
+        return Ok((None, Vec::new(), None));
     };
     let checked = match vlan.untagged {
         Some(u) if vlan.tagged.is_empty() => VlanSpec::access(u)?,
         Some(u) => VlanSpec::hybrid(u, &vlan.tagged)?,
         None => VlanSpec::trunk(&vlan.tagged)?,
     };
-    Ok(match (checked.kind(), checked.untagged) {
-        (VlanKind::Access, Some(tag)) => {
-            vec![
-                format!("tag={tag}"),
-                "trunks=[]".into(),
-                "vlan_mode=[]".into(),
-            ]
-        }
-        (VlanKind::Hybrid, Some(tag)) => vec![
-            format!("tag={tag}"),
-            list(&checked.tagged),
-            "vlan_mode=native-untagged".into(),
-        ],
-        _ => vec![
-            "tag=[]".into(),
-            list(&checked.tagged),
-            "vlan_mode=[]".into(),
-        ],
+    let mut trunks = checked.tagged.clone();
+    trunks.sort_unstable();
+    Ok(match checked.kind() {
+        VlanKind::Access => (checked.untagged, Vec::new(), None),
+        VlanKind::Hybrid => (checked.untagged, trunks, Some("native-untagged")),
+        VlanKind::Trunk => (None, trunks, None),
     })
+}
+
+impl OvsPort {
+    /// Whether this port is on `bridge` with exactly these VLANs (what
+    /// [`Ovs::add_port`] would make of it).
+    pub fn is(&self, bridge: &str, vlan: Option<&VlanSpec>) -> bool {
+        let Ok((tag, trunks, mode)) = vlan_columns(vlan) else {
+            return false;
+        };
+        let mut have = self.trunks.clone();
+        have.sort_unstable();
+        self.bridge == bridge
+            && self.tag == tag
+            && have == trunks
+            && self.vlan_mode.as_deref() == mode
+    }
 }
 
 /// The commands that read the port and every bridge's ports, as two JSON

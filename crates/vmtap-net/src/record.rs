@@ -230,6 +230,19 @@ impl Journal {
         Ok(j.record.is_some().then_some(j))
     }
 
+    /// Replaces the last `old` step on record by `new`, and saves.
+    pub fn replace(&mut self, old: &Step, new: Vec<Step>) -> Result<(), LinkError> {
+        self.replace_unsaved(old, new);
+        self.save()
+    }
+
+    /// [`Journal::replace`] without saving.
+    pub fn replace_unsaved(&mut self, old: &Step, new: Vec<Step>) {
+        if let Some(r) = &mut self.record {
+            crate::setup::replace_step(&mut r.steps, old, new);
+        }
+    }
+
     /// Writes the record (atomically: a new file renamed over the old),
     /// or removes it when it holds no step.
     pub fn save(&self) -> Result<(), LinkError> {

@@ -12,7 +12,7 @@ use crate::bridge::PortVlan;
 use crate::ovs::Ovs;
 use crate::record::{Journal, Owner, Record, StateDir};
 use crate::routed::{self, Family, IifRule, MAIN_TABLE, Sysctl};
-use crate::vlan::{VlanKind, VlanSpec};
+use crate::vlan::VlanSpec;
 use crate::{LinkError, LinkState, MacAddr, Rtnl, TAP_MAX_MTU, check_tap_mtu};
 
 /// How a tap joins the host network: Ganeti's NIC modes.
@@ -115,6 +115,14 @@ impl NicMode {
                 })
             }
             other => Err(LinkError::UnknownMode(other.to_string())),
+        }
+    }
+
+    /// The bridge or switch; the routing table, as given.
+    pub fn link(&self) -> Option<&str> {
+        match self {
+            Self::Bridged { bridge: l, .. } | Self::Openvswitch { switch: l, .. } => Some(l),
+            Self::Routed { table, .. } => table.as_deref(),
         }
     }
 
@@ -309,25 +317,20 @@ impl LinkOptions {
         if let Some(mtu) = self.mtu {
             check_tap_mtu(mtu)?;
         }
-        match &self.mode {
-            None => {}
-            Some(NicMode::Bridged { bridge, vlan }) => {
-                let mut nl = Rtnl::open_for(bridge)?;
-                let b = require_bridge(&mut nl, bridge, vlan.as_ref())?;
-                if self.mtu.is_none() {
-                    bridge_mtu(&b)?;
-                }
-            }
-            Some(NicMode::Routed { table: Some(t), .. }) => {
-                routed::resolve_table(t)?;
-            }
-            Some(NicMode::Routed { table: None, .. }) => {}
-            Some(NicMode::Openvswitch { switch, .. })
-                if !Ovs::from_env().bridge_exists(switch)? =>
-            {
-                return Err(crate::ovs::OvsError::NoSuchBridge(switch.clone()).into());
-            }
-            Some(NicMode::Openvswitch { .. }) => {}
+        let Some(mode) = &self.mode else {
+            return Ok(());
+        };
+        let mut nl = Rtnl::open_for(mode.link().unwrap_or(""))?;
+        let needs = look_up(&mut nl, Some(mode))?;
+        if let Some(b) = &needs.bridge
+            && self.mtu.is_none()
+        {
+            bridge_mtu(b)?;
+        }
+        if let (Some(ovs), NicMode::Openvswitch { switch, .. }) = (&needs.ovs, mode)
+            && !ovs.bridge_exists(switch)?
+        {
+            return Err(crate::ovs::OvsError::NoSuchBridge(switch.clone()).into());
         }
         Ok(())
     }
@@ -393,18 +396,21 @@ impl LinkChanges {
         let done = std::mem::take(&mut self.done);
         let failed = undo_steps(&mut nl, &self.ifname, link.as_ref(), ovs, &done);
         if let Some(j) = &mut self.journal {
-            if let Some(r) = &mut j.record {
-                for step in done.iter().rev() {
-                    if !failed.iter().any(|(s, _)| s == step)
-                        && let Some(i) = r.steps.iter().rposition(|s| s == step)
-                    {
-                        r.steps.remove(i);
-                    }
+            for step in done.iter().rev() {
+                if !failed.iter().any(|(s, _)| s == step) {
+                    j.replace_unsaved(step, Vec::new());
                 }
             }
             j.save()?;
         }
         failed.into_iter().next().map_or(Ok(()), |(_, e)| Err(e))
+    }
+}
+
+/// Replaces the last `old` in `steps` by `new` (nothing when absent).
+pub(crate) fn replace_step(steps: &mut Vec<Step>, old: &Step, new: Vec<Step>) {
+    if let Some(i) = steps.iter().rposition(|s| s == old) {
+        steps.splice(i..=i, new);
     }
 }
 
@@ -577,17 +583,10 @@ impl Setup<'_> {
 
     /// Replaces a recorded step by what it turned out to be.
     fn settle(&mut self, old: &Step, new: Vec<Step>) -> Result<(), LinkError> {
-        if let Some(i) = self.done.iter().rposition(|s| s == old) {
-            self.done.splice(i..=i, new.iter().cloned());
-        }
-        if let Some(j) = &mut self.journal
-            && let Some(r) = &mut j.record
-            && let Some(i) = r.steps.iter().rposition(|s| s == old)
-        {
-            r.steps.splice(i..=i, new);
-            j.save()?;
-        }
-        Ok(())
+        replace_step(&mut self.done, old, new.clone());
+        self.journal
+            .as_mut()
+            .map_or(Ok(()), |j| j.replace(old, new))
     }
 
     fn recorded(&self, step: &Step) -> bool {
@@ -599,14 +598,9 @@ impl Setup<'_> {
 
     /// Forgets a recorded change that is no more (a rule removed).
     fn forget(&mut self, step: &Step) -> Result<(), LinkError> {
-        if let Some(j) = &mut self.journal
-            && let Some(r) = &mut j.record
-            && let Some(i) = r.steps.iter().position(|s| s == step)
-        {
-            r.steps.remove(i);
-            j.save()?;
-        }
-        Ok(())
+        self.journal
+            .as_mut()
+            .map_or(Ok(()), |j| j.replace(step, Vec::new()))
     }
 
     fn up(&mut self) -> Result<(), LinkError> {
@@ -768,16 +762,13 @@ impl Setup<'_> {
                 self.nl.replace_host_route(*ip, table, self.tap.index)?;
             }
         }
-        for f in &families {
-            let sysctls = match f {
-                Family::V4 => [Sysctl::ProxyArp, Sysctl::Forwarding4],
-                Family::V6 => [Sysctl::ProxyNdp, Sysctl::Forwarding6],
-            };
-            for s in sysctls {
-                if !routed::read_sysctl(&ifname, s)? {
-                    self.intend(Step::Sysctl { sysctl: s })?;
-                    routed::write_sysctl(&ifname, s, true)?;
-                }
+        for s in Sysctl::ALL
+            .into_iter()
+            .filter(|s| families.contains(&s.family()))
+        {
+            if !routed::read_sysctl(&ifname, s)? {
+                self.intend(Step::Sysctl { sysctl: s })?;
+                routed::write_sysctl(&ifname, s, true)?;
             }
         }
         Ok(())
@@ -790,26 +781,8 @@ impl Setup<'_> {
         vlan: Option<&VlanSpec>,
     ) -> Result<(), LinkError> {
         let ifname = self.tap.name.clone();
-        let (tag, mut trunks, vlan_mode) = match vlan {
-            None => (None, Vec::new(), None),
-            Some(v) => match v.kind() {
-                VlanKind::Access => (v.untagged, Vec::new(), None),
-                VlanKind::Trunk => (None, v.tagged.clone(), None),
-                VlanKind::Hybrid => (
-                    v.untagged,
-                    v.tagged.clone(),
-                    Some("native-untagged".to_string()),
-                ),
-            },
-        };
-        // OVS keeps trunks as a set.
-        trunks.sort_unstable();
         let now = ovs.port(&ifname)?;
-        let right = now.as_ref().is_some_and(|p| {
-            let mut have = p.trunks.clone();
-            have.sort_unstable();
-            p.bridge == switch && p.tag == tag && have == trunks && p.vlan_mode == vlan_mode
-        });
+        let right = now.as_ref().is_some_and(|p| p.is(switch, vlan));
         if right {
             return Ok(());
         }
