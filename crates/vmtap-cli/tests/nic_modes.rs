@@ -10,25 +10,16 @@ use vmtap_testkit::*;
 
 const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
 
-/// `vmtap ARGS` with exactly the variables `vars` (nothing inherited but
-/// PATH, so a variable of the test's own environment cannot leak in).
+/// `vmtap ARGS` with exactly the variables `vars` and the test's records.
 fn vmtap_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut c = vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("VMTAP_STATE_DIR", state_dir(env!("CARGO_TARGET_TMPDIR")))
+    vmtap_command_with(VMTAP, env!("CARGO_TARGET_TMPDIR"), vars)
         .args(args)
-        .envs(vars.iter().copied());
-    c.output().expect("run vmtap")
+        .output()
+        .expect("run vmtap")
 }
 
 fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_success(o);
 }
 
 fn fails(o: &Output, code: i32, want: &str) {
@@ -518,14 +509,11 @@ fn racing_ifups_of_one_nic_end_as_one() {
         ];
         let children: Vec<_> = (0..8)
             .map(|_| {
-                let mut c = vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"));
-                c.env_clear()
-                    .env("PATH", std::env::var("PATH").unwrap_or_default())
-                    .env("VMTAP_STATE_DIR", state_dir(env!("CARGO_TARGET_TMPDIR")))
+                vmtap_command_with(VMTAP, env!("CARGO_TARGET_TMPDIR"), &env)
                     .arg("ifup")
-                    .envs(env)
-                    .stderr(std::process::Stdio::piped());
-                c.spawn().unwrap()
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
             })
             .collect();
         for c in children {
@@ -767,14 +755,11 @@ fn ifup_racing_ifdown_ends_in_one_state_or_the_other() {
         let pristine = bridged_state("bz1");
         let env = [("INTERFACE", "bz1"), ("MODE", "bridged"), ("LINK", "bz0")];
         let spawn = |args: &[&str], vars: &[(&str, &str)]| {
-            let mut c = vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"));
-            c.env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("VMTAP_STATE_DIR", state_dir(env!("CARGO_TARGET_TMPDIR")))
+            vmtap_command_with(VMTAP, env!("CARGO_TARGET_TMPDIR"), vars)
                 .args(args)
-                .envs(vars.iter().copied())
-                .stderr(std::process::Stdio::piped());
-            c.spawn().unwrap()
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
         };
         for _ in 0..20 {
             let up = spawn(&["ifup"], &env);

@@ -206,26 +206,16 @@ impl Far {
     }
 }
 
-/// `vmtap ARGS` with exactly the variables `vars`, and the test's state
-/// directory.
+/// `vmtap ARGS` with exactly the variables `vars` and the test's records.
 fn vmtap_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("VMTAP_STATE_DIR", state_dir(env!("CARGO_TARGET_TMPDIR")))
+    vmtap_command_with(VMTAP, env!("CARGO_TARGET_TMPDIR"), vars)
         .args(args)
-        .envs(vars.iter().copied())
         .output()
         .expect("run vmtap")
 }
 
 fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_success(o);
 }
 
 /// Every IPv4 rule, as `ip -j rule show` has it.

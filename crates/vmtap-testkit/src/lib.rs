@@ -342,3 +342,25 @@ pub fn vmtap_command(bin: &str, tmp: &str) -> Command {
     c.env("VMTAP_STATE_DIR", state_dir(tmp));
     c
 }
+
+/// [`vmtap_command`] with exactly the variables `vars` and PATH, and the
+/// records in [`state_dir`]`(tmp)`: nothing of the test's own environment
+/// leaks in (as for a NIC script run by Ganeti).
+pub fn vmtap_command_with(bin: &str, tmp: &str, vars: &[(&str, &str)]) -> Command {
+    let mut c = vmtap_command(bin, tmp);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("VMTAP_STATE_DIR", state_dir(tmp))
+        .envs(vars.iter().copied());
+    c
+}
+
+/// Asserts that a command exited 0, showing its exit code and stderr.
+pub fn assert_success(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
