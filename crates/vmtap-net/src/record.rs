@@ -188,6 +188,16 @@ impl Journal {
     /// Locks and reads the record of `ifname` in this network namespace
     /// (none when there is no file), making the directory if `create`.
     pub fn open(dir: &StateDir, ifname: &str, create: bool) -> Result<Self, LinkError> {
+        let paths = nic_paths(dir, ifname)?;
+        Self::open_at(dir, ifname, create, paths)
+    }
+
+    fn open_at(
+        dir: &StateDir,
+        ifname: &str,
+        create: bool,
+        (path, lock_path): (PathBuf, PathBuf),
+    ) -> Result<Self, LinkError> {
         dir.check_absolute()?;
         let nics = dir.nics();
         if create {
@@ -199,7 +209,6 @@ impl Journal {
         }
         check_dir(dir.path())?;
         check_dir(&nics)?;
-        let (path, lock_path) = nic_paths(dir, ifname)?;
         let lock = lock(&lock_path)?;
         let record = read_record(&path)?;
         if let Some(r) = &record
@@ -220,13 +229,13 @@ impl Journal {
     /// [`Journal::open`] when there is a record to open: `None` (and
     /// nothing made) when there is none.
     pub fn open_existing(dir: &StateDir, ifname: &str) -> Result<Option<Self>, LinkError> {
-        let (path, _) = nic_paths(dir, ifname)?;
-        match fs::symlink_metadata(&path) {
+        let paths = nic_paths(dir, ifname)?;
+        match fs::symlink_metadata(&paths.0) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(state_error(&path, e)),
+            Err(e) => return Err(state_error(&paths.0, e)),
             Ok(_) => {}
         }
-        let j = Self::open(dir, ifname, false)?;
+        let j = Self::open_at(dir, ifname, false, paths)?;
         Ok(j.record.is_some().then_some(j))
     }
 
@@ -251,12 +260,8 @@ impl Journal {
                 let tmp = self.path.with_extension("json.new");
                 let write = || -> io::Result<()> {
                     let text = serde_json::to_vec(r).map_err(io::Error::other)?;
-                    // A file left by a crash (or planted) is removed, not
-                    // written through.
-                    match fs::remove_file(&tmp) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
-                    }
+                    // Created exclusively: never written through a file
+                    // planted there (one left by a crash went in open()).
                     let mut f = OpenOptions::new()
                         .write(true)
                         .create_new(true)
