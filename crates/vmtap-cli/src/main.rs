@@ -397,16 +397,7 @@ impl CliError {
 /// The message and its causes on one line, without repeating a cause the
 /// message already contains, control characters escaped.
 fn one_line(err: &CliError) -> String {
-    let mut line = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
+    let line = vmtap::error::full_message(err);
     // Names, paths and QEMU's own words can hold newlines or other control
     // characters: escape them so the message stays one line.
     line.chars()

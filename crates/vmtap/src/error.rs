@@ -425,6 +425,39 @@ impl Error {
     }
 }
 
+/// An error's message followed by its causes (`message: cause: ...`),
+/// without repeating a cause the message already contains: what the
+/// command and the Python module show.
+pub fn full_message(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
+}
+
+/// The OS error number behind an error or any of its causes (the first
+/// `io::Error` with one), if any.
+pub fn os_errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut source = Some(err);
+    while let Some(s) = source {
+        if let Some(n) = s
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(n);
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// A `Result` with the core [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

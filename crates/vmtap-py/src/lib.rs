@@ -1,0 +1,654 @@
+//! `vmtap._vmtap`: the Python extension over the vmtap libraries.
+//!
+//! A thin front end: it turns Python arguments into the libraries'
+//! options, calls them with the GIL released, and turns their errors into
+//! the exception classes of `vmtap._errors` (defined in Python, so that
+//! `InvalidArgument` can also be a `ValueError` and `SysError` an
+//! `OSError`). The Python package (`python/vmtap`) builds the public API
+//! and Ganeti's `netdev` module on top of it.
+
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use vmtap::{OpenOptions, PersistentOptions, TapSummary, Tun, TunFlags, VnetHdr};
+use vmtap_net::{Ifdown, LinkOptions, MacAddr, NicMode, StateDir};
+use vmtap_qemu::hotplug;
+
+/// How an error is raised in Python.
+enum Class {
+    /// `vmtap.InvalidArgument`: the caller's input; nothing was touched.
+    Invalid,
+    /// `vmtap.SysError` when an OS error number is behind it, else
+    /// `vmtap.Error`.
+    Failure,
+}
+
+/// Raises `err` as the class of `vmtap._errors` it belongs to, with its
+/// full message; `device` is the device node that could not be used.
+fn raise(
+    py: Python<'_>,
+    err: &(dyn std::error::Error + 'static),
+    class: Class,
+    device: Option<String>,
+) -> PyErr {
+    let message = vmtap::error::full_message(err);
+    let errno = vmtap::error::os_errno(err);
+    let made = (|| -> PyResult<PyErr> {
+        let errors = py.import("vmtap._errors")?;
+        let value = match (class, errno) {
+            (Class::Invalid, _) => errors.getattr("InvalidArgument")?.call1((message,))?,
+            (Class::Failure, Some(n)) => errors.getattr("SysError")?.call1((n, message))?,
+            (Class::Failure, None) => errors.getattr("Error")?.call1((message,))?,
+        };
+        value.setattr("device", device)?;
+        Ok(PyErr::from_value(value))
+    })();
+    made.unwrap_or_else(|e| e)
+}
+
+fn core_error(py: Python<'_>, e: vmtap::Error) -> PyErr {
+    let device = match &e {
+        vmtap::Error::OpenDevice { path, .. }
+        | vmtap::Error::VhostUnavailable { path, .. }
+        | vmtap::Error::NotVhostNet { path, .. } => Some(path.display().to_string()),
+        _ => None,
+    };
+    let class = if e.is_invalid_input() {
+        Class::Invalid
+    } else {
+        Class::Failure
+    };
+    raise(py, &e, class, device)
+}
+
+fn link_error(py: Python<'_>, e: vmtap_net::LinkError) -> PyErr {
+    let class = if e.is_invalid_input() {
+        Class::Invalid
+    } else {
+        Class::Failure
+    };
+    raise(py, &e, class, None)
+}
+
+fn hotplug_error(py: Python<'_>, e: hotplug::HotplugError) -> PyErr {
+    if let hotplug::HotplugError::Open(e) = e {
+        return core_error(py, e);
+    }
+    let class = if e.is_invalid_input() {
+        Class::Invalid
+    } else {
+        Class::Failure
+    };
+    let err = raise(py, &e, class, None);
+    let remaining: Vec<String> = e.remaining().iter().map(|l| l.to_string()).collect();
+    if let Err(set) = err.value(py).setattr("remaining", remaining) {
+        return set;
+    }
+    err
+}
+
+fn invalid(py: Python<'_>, message: String) -> PyErr {
+    #[derive(Debug)]
+    struct Message(String);
+    impl std::fmt::Display for Message {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Message {}
+    raise(py, &Message(message), Class::Invalid, None)
+}
+
+fn vnet_hdr_mode(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<VnetHdr> {
+    // True/False/None are accepted as on/off/auto, as Python users write.
+    if v.is_none() {
+        return Ok(VnetHdr::Auto);
+    }
+    if let Ok(b) = v.extract::<bool>() {
+        return Ok(if b { VnetHdr::On } else { VnetHdr::Off });
+    }
+    let s: String = v.extract().map_err(|_| {
+        PyTypeError::new_err("vnet_hdr must be \"auto\", \"on\", \"off\" or a bool")
+    })?;
+    VnetHdr::from_str(&s).map_err(|e| core_error(py, e))
+}
+
+fn open_options(
+    py: Python<'_>,
+    name: Option<String>,
+    queues: i64,
+    vnet_hdr: &Bound<'_, PyAny>,
+    vhost: bool,
+    attach_existing: bool,
+) -> PyResult<OpenOptions> {
+    // A count that does not fit is as invalid as 0 or 257.
+    let queues = usize::try_from(queues).unwrap_or(0);
+    let mut opts = OpenOptions::new()
+        .queues(queues)
+        .vnet_hdr(vnet_hdr_mode(py, vnet_hdr)?)
+        .vhost(vhost)
+        .attach_existing(attach_existing);
+    if let Some(n) = name.filter(|n| !n.is_empty()) {
+        opts = opts.name(n);
+    }
+    opts.validate().map_err(|e| core_error(py, e))?;
+    Ok(opts)
+}
+
+/// An open tap: its interface name and its fds (one per queue), plus one
+/// vhost-net fd per queue with vhost. The fds are closed by `close()`, at
+/// the end of a `with` block, or when the object is collected; `detach()`
+/// hands them over instead.
+#[pyclass(module = "vmtap", name = "Tap", frozen)]
+struct PyTap {
+    ifname: String,
+    flags: u32,
+    tap: Mutex<Option<vmtap::Tap>>,
+}
+
+impl PyTap {
+    fn lock(&self) -> MutexGuard<'_, Option<vmtap::Tap>> {
+        // A panic while locked cannot leave the Option half-changed.
+        self.tap.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with_open<T>(&self, f: impl FnOnce(&vmtap::Tap) -> T) -> PyResult<T> {
+        match self.lock().as_ref() {
+            Some(t) => Ok(f(t)),
+            None => Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "tap {:?} is closed (or detached)",
+                self.ifname
+            ))),
+        }
+    }
+}
+
+#[pymethods]
+impl PyTap {
+    /// The interface name.
+    #[getter]
+    fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The device's `IFF_*` flags.
+    #[getter]
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+
+    /// Packets carry a virtio-net header.
+    #[getter]
+    fn vnet_hdr(&self) -> bool {
+        self.flags & TunFlags::VNET_HDR.bits() != 0
+    }
+
+    /// A multi-queue device.
+    #[getter]
+    fn multi_queue(&self) -> bool {
+        self.flags & TunFlags::MULTI_QUEUE.bits() != 0
+    }
+
+    /// The tap fds, one per queue (numbers owned by this object).
+    #[getter]
+    fn fds(&self) -> PyResult<Vec<i32>> {
+        self.with_open(|t| t.queues().iter().map(|q| q.as_fd().as_raw_fd()).collect())
+    }
+
+    /// The vhost-net fds, one per queue (empty without vhost).
+    #[getter]
+    fn vhost_fds(&self) -> PyResult<Vec<i32>> {
+        self.with_open(|t| t.vhost_fds().iter().map(|f| f.as_raw_fd()).collect())
+    }
+
+    /// Whether the fds were closed or handed over.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    /// Checks with `TUNGETIFF` that the fds form one tap with consistent
+    /// flags; returns its flags.
+    fn verify(&self, py: Python<'_>) -> PyResult<u32> {
+        let guard = self.lock();
+        let Some(tap) = guard.as_ref() else {
+            return self.with_open(|_| 0);
+        };
+        // The lock is held without the GIL: nothing under it calls Python.
+        let r = py.detach(|| tap.verify());
+        drop(guard);
+        r.map(|i| i.flags.bits()).map_err(|e| core_error(py, e))
+    }
+
+    /// Closes the fds (a tap that is not persistent goes away with them).
+    /// Closing twice is harmless.
+    fn close(&self, py: Python<'_>) {
+        let tap = self.lock().take();
+        // The last close unregisters the device, which can wait on the
+        // kernel: without the GIL.
+        py.detach(move || drop(tap));
+    }
+
+    /// Hands the fds over: returns `(ifname, tap_fds, vhost_fds)` as
+    /// ints that the caller now owns (and must close); the object is
+    /// closed afterwards.
+    fn detach(&self) -> PyResult<(String, Vec<i32>, Vec<i32>)> {
+        let tap = self.lock().take();
+        let Some(tap) = tap else {
+            return self.with_open(|_| unreachable!());
+        };
+        let (ifname, fds, vhost) = tap.into_parts();
+        let raw = |v: Vec<OwnedFd>| v.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        Ok((ifname, raw(fds), raw(vhost)))
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) {
+        self.close(py);
+    }
+
+    fn __repr__(&self) -> String {
+        match self.lock().as_ref() {
+            Some(t) => format!(
+                "<vmtap.Tap {:?} queues={} vhost={}>",
+                self.ifname,
+                t.queues().len(),
+                if t.vhost_fds().is_empty() {
+                    "False"
+                } else {
+                    "True"
+                }
+            ),
+            None => format!("<vmtap.Tap {:?} closed>", self.ifname),
+        }
+    }
+}
+
+/// Opens a tap (see `vmtap.open_tap`).
+#[pyfunction]
+#[pyo3(signature = (name=None, *, queues=1, vnet_hdr=None, vhost=false, attach_existing=false))]
+fn open_tap(
+    py: Python<'_>,
+    name: Option<String>,
+    queues: i64,
+    vnet_hdr: Option<Bound<'_, PyAny>>,
+    vhost: bool,
+    attach_existing: bool,
+) -> PyResult<PyTap> {
+    let none = py.None().into_bound(py);
+    let opts = open_options(
+        py,
+        name,
+        queues,
+        vnet_hdr.as_ref().unwrap_or(&none),
+        vhost,
+        attach_existing,
+    )?;
+    let tap = py
+        .detach(|| Tun::system().open(&opts))
+        .map_err(|e| core_error(py, e))?;
+    Ok(PyTap {
+        ifname: tap.name().to_string(),
+        flags: tap.flags().bits(),
+        tap: Mutex::new(Some(tap)),
+    })
+}
+
+/// What the kernel supports, as `vmtap features --json` says it.
+#[pyfunction]
+fn features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let report = py
+        .detach(|| Tun::system().features())
+        .map_err(|e| core_error(py, e))?;
+    let d = PyDict::new(py);
+    d.set_item("flags", report.flags.map(|f| f.bits()))?;
+    for (key, flag) in [
+        ("tun", TunFlags::TUN),
+        ("tap", TunFlags::TAP),
+        ("no_pi", TunFlags::NO_PI),
+        ("vnet_hdr", TunFlags::VNET_HDR),
+        ("multi_queue", TunFlags::MULTI_QUEUE),
+        ("napi", TunFlags::NAPI),
+    ] {
+        d.set_item(key, report.has(flag))?;
+    }
+    d.set_item("vhost_net", report.vhost_net)?;
+    Ok(d)
+}
+
+/// `TUNGETFEATURES` on an fd (`None` when the ioctl fails, logged).
+#[pyfunction]
+fn tun_features(py: Python<'_>, fd: i32) -> PyResult<Option<u32>> {
+    // The fd is the caller's: it is duplicated, inspected and closed.
+    let dup = vmtap_sys::dup_inherited_fd(fd)
+        .map_err(|source| core_error(py, vmtap::Error::FdNotOpen { fd, source }))?;
+    Ok(py.detach(|| vmtap::tun_features(dup.as_fd()).map(|f| f.bits())))
+}
+
+fn summary_dict<'py>(py: Python<'py>, t: &TapSummary) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("ifname", &t.ifname)?;
+    d.set_item("this_netns", t.this_netns)?;
+    d.set_item("persistent", t.persistent)?;
+    d.set_item("owner", t.owner)?;
+    d.set_item("group", t.group)?;
+    d.set_item("multi_queue", t.multi_queue)?;
+    d.set_item("vnet_hdr", t.vnet_hdr)?;
+    d.set_item("queues", t.queues)?;
+    d.set_item("disabled_queues", t.disabled_queues)?;
+    Ok(d)
+}
+
+/// What is known of a tap, by name or by an fd of this process.
+#[pyfunction]
+fn inspect<'py>(py: Python<'py>, name_or_fd: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    if let Ok(fd) = name_or_fd.extract::<i64>() {
+        let fd = i32::try_from(fd).map_err(|_| invalid(py, format!("fd {fd} is out of range")))?;
+        let s = py
+            .detach(|| Tun::system().inspect_inherited_fd(fd))
+            .map_err(|e| core_error(py, e))?;
+        return summary_dict(py, &s.summary());
+    }
+    let Ok(name) = name_or_fd.extract::<String>() else {
+        return Err(PyTypeError::new_err(
+            "inspect() takes an interface name (str) or an fd (int)",
+        ));
+    };
+    vmtap::validate_name(&name, false).map_err(|e| core_error(py, e))?;
+    let s = py
+        .detach(|| Tun::system().status(&name))
+        .map_err(|e| core_error(py, e))?;
+    summary_dict(py, &TapSummary::from(&s))
+}
+
+fn id_of(py: Python<'_>, v: Option<&Bound<'_, PyAny>>, group: bool) -> PyResult<Option<u32>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    if let Ok(n) = v.extract::<i64>() {
+        let kind = if group { "gid" } else { "uid" };
+        return u32::try_from(n)
+            .ok()
+            .filter(|&n| n != u32::MAX)
+            .map(Some)
+            .ok_or_else(|| invalid(py, format!("invalid {kind} {n}")));
+    }
+    let name: String = v
+        .extract()
+        .map_err(|_| PyTypeError::new_err("owner and group are names (str) or ids (int)"))?;
+    let id = if group {
+        vmtap::owner_gid(&name)
+    } else {
+        vmtap::owner_uid(&name)
+    };
+    id.map(Some).map_err(|e| core_error(py, e))
+}
+
+/// Creates a persistent tap; returns its name.
+#[pyfunction]
+#[pyo3(signature = (name, *, multi_queue=false, vnet_hdr=false, owner=None, group=None))]
+fn create_persistent(
+    py: Python<'_>,
+    name: String,
+    multi_queue: bool,
+    vnet_hdr: bool,
+    owner: Option<Bound<'_, PyAny>>,
+    group: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    vmtap::validate_name(&name, true).map_err(|e| core_error(py, e))?;
+    let opts = PersistentOptions::new()
+        .multi_queue(multi_queue)
+        .vnet_hdr(vnet_hdr)
+        .owner(id_of(py, owner.as_ref(), false)?)
+        .group(id_of(py, group.as_ref(), true)?);
+    py.detach(|| Tun::system().create_persistent(&name, &opts))
+        .map(|info| info.name)
+        .map_err(|e| core_error(py, e))
+}
+
+/// Deletes a persistent tap nobody uses.
+#[pyfunction]
+fn delete_persistent(py: Python<'_>, name: String) -> PyResult<()> {
+    vmtap::validate_name(&name, false).map_err(|e| core_error(py, e))?;
+    py.detach(|| Tun::system().delete_persistent(&name))
+        .map_err(|e| core_error(py, e))
+}
+
+/// The link options of a mode, from Python's arguments.
+#[allow(clippy::too_many_arguments)]
+fn link_options(
+    py: Python<'_>,
+    mode: Option<&str>,
+    link: Option<&str>,
+    vlan: Option<&str>,
+    ips: &[String],
+    mtu: Option<u32>,
+    mac: Option<&str>,
+    up: bool,
+    state_dir: Option<String>,
+) -> PyResult<LinkOptions> {
+    let mode = match mode {
+        Some(m) => {
+            let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+            Some(NicMode::parse(m, link, vlan, &ips).map_err(|e| link_error(py, e))?)
+        }
+        None if link.is_some() || vlan.is_some() || !ips.is_empty() => {
+            return Err(invalid(
+                py,
+                "link, vlan and ips need a mode (bridged, routed or openvswitch)".into(),
+            ));
+        }
+        None => None,
+    };
+    let mac = mac
+        .map(MacAddr::from_str)
+        .transpose()
+        .map_err(|e| link_error(py, e))?;
+    let mut opts = LinkOptions::new().mtu(mtu).mac(mac).up(up).mode(mode);
+    if let Some(dir) = state_dir {
+        opts = opts.state_dir(StateDir::new(dir));
+    }
+    Ok(opts)
+}
+
+/// Sets up the host side of an existing interface (see
+/// `vmtap.configure_link`); the changes are kept (and recorded, in a
+/// mode) on success and undone on failure.
+#[pyfunction]
+#[pyo3(signature = (ifname, *, mode=None, link=None, vlan=None, ips=Vec::new(), mtu=None, mac=None, up=false, nic=None, state_dir=None))]
+#[allow(clippy::too_many_arguments)]
+fn configure_link(
+    py: Python<'_>,
+    ifname: String,
+    mode: Option<String>,
+    link: Option<String>,
+    vlan: Option<String>,
+    ips: Vec<String>,
+    mtu: Option<u32>,
+    mac: Option<String>,
+    up: bool,
+    nic: Option<String>,
+    state_dir: Option<String>,
+) -> PyResult<()> {
+    vmtap::validate_name(&ifname, false).map_err(|e| core_error(py, e))?;
+    let opts = link_options(
+        py,
+        mode.as_deref(),
+        link.as_deref(),
+        vlan.as_deref(),
+        &ips,
+        mtu,
+        mac.as_deref(),
+        up,
+        state_dir,
+    )?
+    .nic(nic);
+    py.detach(|| {
+        opts.check()?;
+        vmtap_net::configure(&ifname, &opts).map(vmtap_net::LinkChanges::keep)
+    })
+    .map_err(|e| link_error(py, e))
+}
+
+/// Undoes what `configure_link` recorded for `ifname` (see
+/// `vmtap.ifdown`): `"undone"`, `"no-record"` or `"other-nic"`.
+#[pyfunction]
+#[pyo3(signature = (ifname, *, nic=None, state_dir=None))]
+fn ifdown(
+    py: Python<'_>,
+    ifname: String,
+    nic: Option<String>,
+    state_dir: Option<String>,
+) -> PyResult<&'static str> {
+    vmtap::validate_name(&ifname, false).map_err(|e| core_error(py, e))?;
+    let dir = state_dir.map_or_else(StateDir::from_env, StateDir::new);
+    let r = py
+        .detach(|| match &nic {
+            Some(n) => vmtap_net::ifdown_nic(&ifname, n, &dir),
+            None => vmtap_net::ifdown(&ifname, &dir),
+        })
+        .map_err(|e| link_error(py, e))?;
+    Ok(match r {
+        Ifdown::Undone { .. } => "undone",
+        Ifdown::OtherNic => "other-nic",
+        _ => "no-record",
+    })
+}
+
+fn monitor(py: Python<'_>, qmp: String, timeout: f64) -> PyResult<hotplug::Monitor> {
+    let t = Duration::try_from_secs_f64(timeout)
+        .ok()
+        .filter(|d| !d.is_zero() && d.as_secs() <= 86_400)
+        .ok_or_else(|| {
+            invalid(
+                py,
+                format!("invalid timeout {timeout}: must be positive and at most a day"),
+            )
+        })?;
+    Ok(hotplug::Monitor::new(qmp, t))
+}
+
+/// Hot-plugs a NIC into a running QEMU over QMP (see
+/// `vmtap.hotplug_add`); returns the host interface name.
+#[pyfunction]
+#[pyo3(signature = (qmp, id, *, name=None, queues=1, vnet_hdr=None, vhost=false, attach_existing=false, driver="virtio-net-pci".to_string(), mac=None, mode=None, link=None, vlan=None, ips=Vec::new(), timeout=10.0))]
+#[allow(clippy::too_many_arguments)]
+fn hotplug_add(
+    py: Python<'_>,
+    qmp: String,
+    id: String,
+    name: Option<String>,
+    queues: i64,
+    vnet_hdr: Option<Bound<'_, PyAny>>,
+    vhost: bool,
+    attach_existing: bool,
+    driver: String,
+    mac: Option<String>,
+    mode: Option<String>,
+    link: Option<String>,
+    vlan: Option<String>,
+    ips: Vec<String>,
+    timeout: f64,
+) -> PyResult<String> {
+    let none = py.None().into_bound(py);
+    hotplug::validate_id(&id).map_err(|e| hotplug_error(py, e))?;
+    let open = open_options(
+        py,
+        name,
+        queues,
+        vnet_hdr.as_ref().unwrap_or(&none),
+        vhost,
+        attach_existing,
+    )?;
+    let link = link_options(
+        py,
+        mode.as_deref(),
+        link.as_deref(),
+        vlan.as_deref(),
+        &ips,
+        None,
+        None,
+        mode.is_some(),
+        None,
+    )?;
+    let guest_mac = mac
+        .as_deref()
+        .map(MacAddr::from_str)
+        .transpose()
+        .map_err(|e| link_error(py, e))?;
+    let opts = hotplug::HotplugOptions::new(id)
+        .open(open)
+        .link(link)
+        .driver(driver)
+        .mac(guest_mac);
+    let mon = monitor(py, qmp, timeout)?;
+    py.detach(|| hotplug::add(&Tun::system(), &mon, &opts))
+        .map_err(|e| hotplug_error(py, e))
+}
+
+/// Unplugs a NIC from a running QEMU and undoes its host set-up (see
+/// `vmtap.hotplug_del`).
+#[pyfunction]
+#[pyo3(signature = (qmp, id, *, timeout=10.0, state_dir=None))]
+fn hotplug_del(
+    py: Python<'_>,
+    qmp: String,
+    id: String,
+    timeout: f64,
+    state_dir: Option<String>,
+) -> PyResult<()> {
+    hotplug::validate_id(&id).map_err(|e| hotplug_error(py, e))?;
+    let mon = monitor(py, qmp, timeout)?;
+    let dir = state_dir.map(StateDir::new);
+    py.detach(|| hotplug::del_in(&mon, &id, dir.as_ref()))
+        .map_err(|e| hotplug_error(py, e))
+}
+
+/// The extension module.
+#[pymodule]
+fn _vmtap(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Rust's log records go to Python's logging (logger "vmtap...").
+    let _ = pyo3_log::try_init();
+    use vmtap_sys::request;
+    m.add("TUNSETIFF", request::TUNSETIFF)?;
+    m.add("TUNGETIFF", request::TUNGETIFF)?;
+    m.add("TUNGETFEATURES", request::TUNGETFEATURES)?;
+    for (name, flag) in [
+        ("IFF_TUN", TunFlags::TUN),
+        ("IFF_TAP", TunFlags::TAP),
+        ("IFF_NO_PI", TunFlags::NO_PI),
+        ("IFF_ONE_QUEUE", TunFlags::ONE_QUEUE),
+        ("IFF_VNET_HDR", TunFlags::VNET_HDR),
+        ("IFF_MULTI_QUEUE", TunFlags::MULTI_QUEUE),
+        ("IFF_TUN_EXCL", TunFlags::TUN_EXCL),
+        ("IFF_PERSIST", TunFlags::PERSIST),
+    ] {
+        m.add(name, flag.bits())?;
+    }
+    m.add("MAX_QUEUES", vmtap::MAX_QUEUES)?;
+    m.add("IFNAME_MAX", vmtap_sys::IFNAME_MAX)?;
+    m.add_class::<PyTap>()?;
+    m.add_function(wrap_pyfunction!(open_tap, m)?)?;
+    m.add_function(wrap_pyfunction!(features, m)?)?;
+    m.add_function(wrap_pyfunction!(tun_features, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(create_persistent, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_persistent, m)?)?;
+    m.add_function(wrap_pyfunction!(configure_link, m)?)?;
+    m.add_function(wrap_pyfunction!(ifdown, m)?)?;
+    m.add_function(wrap_pyfunction!(hotplug_add, m)?)?;
+    m.add_function(wrap_pyfunction!(hotplug_del, m)?)?;
+    Ok(())
+}
