@@ -160,14 +160,18 @@ impl PyTap {
         self.tap.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn closed_error(&self) -> PyErr {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "tap {:?} is closed (or detached)",
+            self.ifname
+        ))
+    }
+
     fn with_open<T>(&self, f: impl FnOnce(&vmtap::Tap) -> T) -> PyResult<T> {
-        match self.lock().as_ref() {
-            Some(t) => Ok(f(t)),
-            None => Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "tap {:?} is closed (or detached)",
-                self.ifname
-            ))),
-        }
+        self.lock()
+            .as_ref()
+            .map(f)
+            .ok_or_else(|| self.closed_error())
     }
 }
 
@@ -218,14 +222,12 @@ impl PyTap {
     /// Checks with `TUNGETIFF` that the fds form one tap with consistent
     /// flags; returns its flags.
     fn verify(&self, py: Python<'_>) -> PyResult<u32> {
-        let guard = self.lock();
-        let Some(tap) = guard.as_ref() else {
-            return self.with_open(|_| 0);
-        };
-        // The lock is held without the GIL: nothing under it calls Python.
-        let r = py.detach(|| tap.verify());
-        drop(guard);
-        r.map(|i| i.flags.bits()).map_err(|e| core_error(py, e))
+        // A few TUNGETIFF calls: done with the GIL held, so that the lock
+        // is never held by a thread waiting for the GIL (logging from Rust
+        // takes it).
+        self.with_open(|t| t.verify())?
+            .map(|i| i.flags.bits())
+            .map_err(|e| core_error(py, e))
     }
 
     /// Closes the fds (a tap that is not persistent goes away with them).
@@ -241,10 +243,7 @@ impl PyTap {
     /// ints that the caller now owns (and must close); the object is
     /// closed afterwards.
     fn detach(&self) -> PyResult<(String, Vec<i32>, Vec<i32>)> {
-        let tap = self.lock().take();
-        let Some(tap) = tap else {
-            return self.with_open(|_| unreachable!());
-        };
+        let tap = self.lock().take().ok_or_else(|| self.closed_error())?;
         let (ifname, fds, vhost) = tap.into_parts();
         let raw = |v: Vec<OwnedFd>| v.into_iter().map(IntoRawFd::into_raw_fd).collect();
         Ok((ifname, raw(fds), raw(vhost)))
