@@ -9,7 +9,9 @@ environment first).
 
 import ctypes
 import ctypes.util
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -76,24 +78,46 @@ def ip(*args: str) -> str:
 
 
 def exists(ifname: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{ifname}")
+    """Whether the interface exists in this test's network namespace (asked
+    over netlink: this process's /sys shows the namespace that mounted it,
+    not the test's)."""
+    return (
+        subprocess.run(
+            ["ip", "link", "show", "dev", ifname], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def interfaces() -> List[str]:
-    return sorted(os.listdir("/sys/class/net"))
+    """The interfaces of this test's network namespace, sorted."""
+    links = json.loads(ip("-j", "link", "show"))
+    return sorted(link["ifname"] for link in links)
 
 
-def wait_until(what: str, cond: Callable[[], bool], secs: float = 10.0) -> None:
-    """Waits for a condition, with a deadline."""
-    deadline = time.monotonic() + secs
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {secs} s waiting for {what}")
-        time.sleep(0.01)
+def with_sysfs(script: str) -> str:
+    """Runs a shell script that sees a sysfs of this test's network
+    namespace (mounted in a private mount namespace of a child)."""
+    return subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t sysfs sysfs /sys && " + script,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def sysfs_tx_queues(ifname: str) -> int:
-    return len([q for q in os.listdir(f"/sys/class/net/{ifname}/queues") if q.startswith("tx-")])
+    """The tap's tx queues in sysfs (one per attached queue)."""
+    out = with_sysfs(f"ls /sys/class/net/{shlex.quote(ifname)}/queues")
+    return len([q for q in out.split() if q.startswith("tx-")])
 
 
 def guest() -> "tuple[Path, Path]":
