@@ -397,19 +397,9 @@ impl CliError {
 /// The message and its causes on one line, without repeating a cause the
 /// message already contains, control characters escaped.
 fn one_line(err: &CliError) -> String {
-    let line = vmtap::error::full_message(err);
     // Names, paths and QEMU's own words can hold newlines or other control
-    // characters: escape them so the message stays one line.
-    line.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    // characters: escaped, so the message stays one line.
+    vmtap::error::escape_controls(&vmtap::error::full_message(err))
 }
 
 fn main() -> ExitCode {

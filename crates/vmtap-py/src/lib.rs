@@ -11,12 +11,12 @@
 
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyResourceWarning, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
 
 use vmtap::{OpenOptions, PersistentOptions, TapSummary, Tun, TunFlags, VnetHdr};
 use vmtap_net::{Ifdown, LinkOptions, MacAddr, NicMode, StateDir};
@@ -39,7 +39,7 @@ fn raise(
     class: Class,
     device: Option<String>,
 ) -> PyErr {
-    let message = vmtap::error::full_message(err);
+    let message = vmtap::error::escape_controls(&vmtap::error::full_message(err));
     let errno = vmtap::error::os_errno(err);
     let made = (|| -> PyResult<PyErr> {
         let errors = py.import("vmtap._errors")?;
@@ -107,6 +107,60 @@ fn invalid(py: Python<'_>, message: String) -> PyErr {
     raise(py, &Message(message), Class::Invalid, None)
 }
 
+/// Runs `f` without the GIL. Rust's log records reach Python's logging
+/// meanwhile (pyo3-log), and an exception raised there (a failing
+/// handler, or a Ctrl-C seen while it ran) is left pending: it must not
+/// turn the result of work already done into a `SystemError`. A
+/// `KeyboardInterrupt` is raised again after the call returns; anything
+/// else is reported as unraisable, as logging's own errors are.
+fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    let out = py.detach(f);
+    settle(py);
+    out
+}
+
+fn settle(py: Python<'_>) {
+    let Some(e) = PyErr::take(py) else { return };
+    if e.is_instance_of::<PyKeyboardInterrupt>(py) {
+        let again = py
+            .import("_thread")
+            .and_then(|t| t.call_method0("interrupt_main"));
+        if again.is_ok() {
+            return;
+        }
+    }
+    e.write_unraisable(py, None);
+}
+
+/// An int argument within `lo..=hi`: a `TypeError` for anything but an
+/// int (a bool included), `InvalidArgument` naming it when out of range.
+fn int_arg(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str, lo: i64, hi: i64) -> PyResult<i64> {
+    if v.is_instance_of::<PyBool>() || !v.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be an int, not {}",
+            v.get_type().name()?
+        )));
+    }
+    match v.extract::<i64>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            py,
+            format!("invalid {what} {v}: must be {lo} to {hi}"),
+        )),
+    }
+}
+
+/// A state directory argument: an absolute path.
+fn state_dir_arg(py: Python<'_>, dir: Option<String>) -> PyResult<Option<StateDir>> {
+    match dir {
+        Some(d) if !d.starts_with('/') => Err(invalid(
+            py,
+            format!("invalid state_dir {d:?}: must be an absolute path"),
+        )),
+        d => Ok(d.map(StateDir::new)),
+    }
+}
+
 fn vnet_hdr_mode(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<VnetHdr> {
     // True/False/None are accepted as on/off/auto, as Python users write.
     if v.is_none() {
@@ -124,13 +178,13 @@ fn vnet_hdr_mode(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<VnetHdr> {
 fn open_options(
     py: Python<'_>,
     name: Option<String>,
-    queues: i64,
+    queues: &Bound<'_, PyAny>,
     vnet_hdr: &Bound<'_, PyAny>,
     vhost: bool,
     attach_existing: bool,
 ) -> PyResult<OpenOptions> {
-    // A count that does not fit is as invalid as 0 or 257.
-    let queues = usize::try_from(queues).unwrap_or(0);
+    let max = i64::try_from(vmtap::MAX_QUEUES).expect("256 fits");
+    let queues = int_arg(py, queues, "queue count", 1, max)? as usize;
     let mut opts = OpenOptions::new()
         .queues(queues)
         .vnet_hdr(vnet_hdr_mode(py, vnet_hdr)?)
@@ -172,6 +226,32 @@ impl PyTap {
             .as_ref()
             .map(f)
             .ok_or_else(|| self.closed_error())
+    }
+}
+
+impl Drop for PyTap {
+    /// A tap collected while open: its fds are closed, without the GIL
+    /// (the kernel's teardown can take milliseconds), with a
+    /// `ResourceWarning` as for an unclosed file.
+    fn drop(&mut self) {
+        let tap = self.tap.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(tap) = tap else { return };
+        Python::attach(|py| {
+            let pending = PyErr::take(py);
+            let message = std::ffi::CString::new(format!(
+                "unclosed vmtap.Tap {:?} (close it, use a with block, or detach() its fds)",
+                self.ifname
+            ))
+            .unwrap_or_default();
+            let category = py.get_type::<PyResourceWarning>();
+            if let Err(e) = PyErr::warn(py, &category, &message, 1) {
+                e.write_unraisable(py, None);
+            }
+            py.detach(move || drop(tap));
+            if let Some(e) = pending {
+                e.restore(py);
+            }
+        });
     }
 }
 
@@ -249,8 +329,12 @@ impl PyTap {
         Ok((ifname, raw(fds), raw(vhost)))
     }
 
-    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
-        slf
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        // As a closed file does.
+        if slf.get().closed() {
+            return Err(slf.get().closed_error());
+        }
+        Ok(slf)
     }
 
     #[pyo3(signature = (*_exc))]
@@ -277,27 +361,26 @@ impl PyTap {
 
 /// Opens a tap (see `vmtap.open_tap`).
 #[pyfunction]
-#[pyo3(signature = (name=None, *, queues=1, vnet_hdr=None, vhost=false, attach_existing=false))]
+#[pyo3(signature = (name=None, *, queues=None, vnet_hdr=None, vhost=false, attach_existing=false))]
 fn open_tap(
     py: Python<'_>,
     name: Option<String>,
-    queues: i64,
+    queues: Option<Bound<'_, PyAny>>,
     vnet_hdr: Option<Bound<'_, PyAny>>,
     vhost: bool,
     attach_existing: bool,
 ) -> PyResult<PyTap> {
     let none = py.None().into_bound(py);
+    let one = 1i64.into_pyobject(py)?.into_any();
     let opts = open_options(
         py,
         name,
-        queues,
+        queues.as_ref().unwrap_or(&one),
         vnet_hdr.as_ref().unwrap_or(&none),
         vhost,
         attach_existing,
     )?;
-    let tap = py
-        .detach(|| Tun::system().open(&opts))
-        .map_err(|e| core_error(py, e))?;
+    let tap = without_gil(py, || Tun::system().open(&opts)).map_err(|e| core_error(py, e))?;
     Ok(PyTap {
         ifname: tap.name().to_string(),
         flags: tap.flags().bits(),
@@ -308,9 +391,7 @@ fn open_tap(
 /// What the kernel supports, as `vmtap features --json` says it.
 #[pyfunction]
 fn features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let report = py
-        .detach(|| Tun::system().features())
-        .map_err(|e| core_error(py, e))?;
+    let report = without_gil(py, || Tun::system().features()).map_err(|e| core_error(py, e))?;
     let d = PyDict::new(py);
     d.set_item("flags", report.flags.map(|f| f.bits()))?;
     for (key, flag) in [
@@ -329,11 +410,19 @@ fn features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 
 /// `TUNGETFEATURES` on an fd (`None` when the ioctl fails, logged).
 #[pyfunction]
-fn tun_features(py: Python<'_>, fd: i32) -> PyResult<Option<u32>> {
+fn tun_features(py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<u32>> {
+    let fd = fd_arg(py, fd)?;
     // The fd is the caller's: it is duplicated, inspected and closed.
     let dup = vmtap_sys::dup_inherited_fd(fd)
         .map_err(|source| core_error(py, vmtap::Error::FdNotOpen { fd, source }))?;
-    Ok(py.detach(|| vmtap::tun_features(dup.as_fd()).map(|f| f.bits())))
+    Ok(without_gil(py, || {
+        vmtap::tun_features(dup.as_fd()).map(|f| f.bits())
+    }))
+}
+
+fn fd_arg(py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let n = int_arg(py, fd, "fd", 0, i64::from(i32::MAX))?;
+    Ok(i32::try_from(n).expect("checked range"))
 }
 
 fn summary_dict<'py>(py: Python<'py>, t: &TapSummary) -> PyResult<Bound<'py, PyDict>> {
@@ -353,10 +442,9 @@ fn summary_dict<'py>(py: Python<'py>, t: &TapSummary) -> PyResult<Bound<'py, PyD
 /// What is known of a tap, by name or by an fd of this process.
 #[pyfunction]
 fn inspect<'py>(py: Python<'py>, name_or_fd: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
-    if let Ok(fd) = name_or_fd.extract::<i64>() {
-        let fd = i32::try_from(fd).map_err(|_| invalid(py, format!("fd {fd} is out of range")))?;
-        let s = py
-            .detach(|| Tun::system().inspect_inherited_fd(fd))
+    if name_or_fd.is_instance_of::<PyInt>() {
+        let fd = fd_arg(py, name_or_fd)?;
+        let s = without_gil(py, || Tun::system().inspect_inherited_fd(fd))
             .map_err(|e| core_error(py, e))?;
         return summary_dict(py, &s.summary());
     }
@@ -366,33 +454,47 @@ fn inspect<'py>(py: Python<'py>, name_or_fd: &Bound<'py, PyAny>) -> PyResult<Bou
         ));
     };
     vmtap::validate_name(&name, false).map_err(|e| core_error(py, e))?;
-    let s = py
-        .detach(|| Tun::system().status(&name))
-        .map_err(|e| core_error(py, e))?;
+    let s = without_gil(py, || Tun::system().status(&name)).map_err(|e| core_error(py, e))?;
     summary_dict(py, &TapSummary::from(&s))
 }
 
-fn id_of(py: Python<'_>, v: Option<&Bound<'_, PyAny>>, group: bool) -> PyResult<Option<u32>> {
+/// An owner or group argument: an id (checked now) or a name (looked up
+/// later, without the GIL: NSS may ask a directory server).
+enum Principal {
+    Id(u32),
+    Name(String),
+}
+
+fn principal(
+    py: Python<'_>,
+    v: Option<&Bound<'_, PyAny>>,
+    what: &str,
+) -> PyResult<Option<Principal>> {
     let Some(v) = v.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
-    if let Ok(n) = v.extract::<i64>() {
-        let kind = if group { "gid" } else { "uid" };
-        return u32::try_from(n)
-            .ok()
-            .filter(|&n| n != u32::MAX)
-            .map(Some)
-            .ok_or_else(|| invalid(py, format!("invalid {kind} {n}")));
+    if v.is_instance_of::<PyInt>() || v.is_instance_of::<PyBool>() {
+        // (uid_t)-1 means "none" to the kernel.
+        let n = int_arg(py, v, what, 0, i64::from(u32::MAX) - 1)?;
+        return Ok(Some(Principal::Id(
+            u32::try_from(n).expect("checked range"),
+        )));
     }
     let name: String = v
         .extract()
-        .map_err(|_| PyTypeError::new_err("owner and group are names (str) or ids (int)"))?;
-    let id = if group {
-        vmtap::owner_gid(&name)
-    } else {
-        vmtap::owner_uid(&name)
-    };
-    id.map(Some).map_err(|e| core_error(py, e))
+        .map_err(|_| PyTypeError::new_err(format!("{what} must be a name (str) or an id (int)")))?;
+    Ok(Some(Principal::Name(name)))
+}
+
+fn resolve(
+    p: Option<Principal>,
+    lookup: fn(&str) -> vmtap::Result<u32>,
+) -> vmtap::Result<Option<u32>> {
+    match p {
+        None => Ok(None),
+        Some(Principal::Id(id)) => Ok(Some(id)),
+        Some(Principal::Name(n)) => lookup(&n).map(Some),
+    }
 }
 
 /// Creates a persistent tap; returns its name.
@@ -407,22 +509,25 @@ fn create_persistent(
     group: Option<Bound<'_, PyAny>>,
 ) -> PyResult<String> {
     vmtap::validate_name(&name, true).map_err(|e| core_error(py, e))?;
-    let opts = PersistentOptions::new()
-        .multi_queue(multi_queue)
-        .vnet_hdr(vnet_hdr)
-        .owner(id_of(py, owner.as_ref(), false)?)
-        .group(id_of(py, group.as_ref(), true)?);
-    py.detach(|| Tun::system().create_persistent(&name, &opts))
-        .map(|info| info.name)
-        .map_err(|e| core_error(py, e))
+    let owner = principal(py, owner.as_ref(), "owner")?;
+    let group = principal(py, group.as_ref(), "group")?;
+    without_gil(py, || {
+        let opts = PersistentOptions::new()
+            .multi_queue(multi_queue)
+            .vnet_hdr(vnet_hdr)
+            .owner(resolve(owner, vmtap::owner_uid)?)
+            .group(resolve(group, vmtap::owner_gid)?);
+        Tun::system().create_persistent(&name, &opts)
+    })
+    .map(|info| info.name)
+    .map_err(|e| core_error(py, e))
 }
 
 /// Deletes a persistent tap nobody uses.
 #[pyfunction]
 fn delete_persistent(py: Python<'_>, name: String) -> PyResult<()> {
     vmtap::validate_name(&name, false).map_err(|e| core_error(py, e))?;
-    py.detach(|| Tun::system().delete_persistent(&name))
-        .map_err(|e| core_error(py, e))
+    without_gil(py, || Tun::system().delete_persistent(&name)).map_err(|e| core_error(py, e))
 }
 
 /// The link options of a mode, from Python's arguments.
@@ -433,11 +538,16 @@ fn link_options(
     link: Option<&str>,
     vlan: Option<&str>,
     ips: &[String],
-    mtu: Option<u32>,
+    mtu: Option<&Bound<'_, PyAny>>,
     mac: Option<&str>,
     up: bool,
     state_dir: Option<String>,
 ) -> PyResult<LinkOptions> {
+    let mtu = mtu
+        .filter(|m| !m.is_none())
+        .map(|m| int_arg(py, m, "mtu", 0, i64::from(u32::MAX)))
+        .transpose()?
+        .map(|m| u32::try_from(m).expect("checked range"));
     let mode = match mode {
         Some(m) => {
             let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
@@ -456,8 +566,8 @@ fn link_options(
         .transpose()
         .map_err(|e| link_error(py, e))?;
     let mut opts = LinkOptions::new().mtu(mtu).mac(mac).up(up).mode(mode);
-    if let Some(dir) = state_dir {
-        opts = opts.state_dir(StateDir::new(dir));
+    if let Some(dir) = state_dir_arg(py, state_dir)? {
+        opts = opts.state_dir(dir);
     }
     Ok(opts)
 }
@@ -475,7 +585,7 @@ fn configure_link(
     link: Option<String>,
     vlan: Option<String>,
     ips: Vec<String>,
-    mtu: Option<u32>,
+    mtu: Option<Bound<'_, PyAny>>,
     mac: Option<String>,
     up: bool,
     nic: Option<String>,
@@ -488,13 +598,13 @@ fn configure_link(
         link.as_deref(),
         vlan.as_deref(),
         &ips,
-        mtu,
+        mtu.as_ref(),
         mac.as_deref(),
         up,
         state_dir,
     )?
     .nic(nic);
-    py.detach(|| {
+    without_gil(py, || {
         opts.check()?;
         vmtap_net::configure(&ifname, &opts).map(vmtap_net::LinkChanges::keep)
     })
@@ -512,13 +622,12 @@ fn ifdown(
     state_dir: Option<String>,
 ) -> PyResult<&'static str> {
     vmtap::validate_name(&ifname, false).map_err(|e| core_error(py, e))?;
-    let dir = state_dir.map_or_else(StateDir::from_env, StateDir::new);
-    let r = py
-        .detach(|| match &nic {
-            Some(n) => vmtap_net::ifdown_nic(&ifname, n, &dir),
-            None => vmtap_net::ifdown(&ifname, &dir),
-        })
-        .map_err(|e| link_error(py, e))?;
+    let dir = state_dir_arg(py, state_dir)?.unwrap_or_else(StateDir::from_env);
+    let r = without_gil(py, || match &nic {
+        Some(n) => vmtap_net::ifdown_nic(&ifname, n, &dir),
+        None => vmtap_net::ifdown(&ifname, &dir),
+    })
+    .map_err(|e| link_error(py, e))?;
     Ok(match r {
         Ifdown::Undone { .. } => "undone",
         Ifdown::OtherNic => "other-nic",
@@ -542,14 +651,14 @@ fn monitor(py: Python<'_>, qmp: String, timeout: f64) -> PyResult<hotplug::Monit
 /// Hot-plugs a NIC into a running QEMU over QMP (see
 /// `vmtap.hotplug_add`); returns the host interface name.
 #[pyfunction]
-#[pyo3(signature = (qmp, id, *, name=None, queues=1, vnet_hdr=None, vhost=false, attach_existing=false, driver="virtio-net-pci".to_string(), mac=None, mode=None, link=None, vlan=None, ips=Vec::new(), timeout=10.0))]
+#[pyo3(signature = (qmp, id, *, name=None, queues=None, vnet_hdr=None, vhost=false, attach_existing=false, driver="virtio-net-pci".to_string(), mac=None, mode=None, link=None, vlan=None, ips=Vec::new(), timeout=10.0, state_dir=None))]
 #[allow(clippy::too_many_arguments)]
 fn hotplug_add(
     py: Python<'_>,
     qmp: String,
     id: String,
     name: Option<String>,
-    queues: i64,
+    queues: Option<Bound<'_, PyAny>>,
     vnet_hdr: Option<Bound<'_, PyAny>>,
     vhost: bool,
     attach_existing: bool,
@@ -560,13 +669,15 @@ fn hotplug_add(
     vlan: Option<String>,
     ips: Vec<String>,
     timeout: f64,
+    state_dir: Option<String>,
 ) -> PyResult<String> {
     let none = py.None().into_bound(py);
+    let one = 1i64.into_pyobject(py)?.into_any();
     hotplug::validate_id(&id).map_err(|e| hotplug_error(py, e))?;
     let open = open_options(
         py,
         name,
-        queues,
+        queues.as_ref().unwrap_or(&one),
         vnet_hdr.as_ref().unwrap_or(&none),
         vhost,
         attach_existing,
@@ -580,7 +691,7 @@ fn hotplug_add(
         None,
         None,
         mode.is_some(),
-        None,
+        state_dir,
     )?;
     let guest_mac = mac
         .as_deref()
@@ -593,8 +704,7 @@ fn hotplug_add(
         .driver(driver)
         .mac(guest_mac);
     let mon = monitor(py, qmp, timeout)?;
-    py.detach(|| hotplug::add(&Tun::system(), &mon, &opts))
-        .map_err(|e| hotplug_error(py, e))
+    without_gil(py, || hotplug::add(&Tun::system(), &mon, &opts)).map_err(|e| hotplug_error(py, e))
 }
 
 /// Unplugs a NIC from a running QEMU and undoes its host set-up (see
@@ -610,16 +720,34 @@ fn hotplug_del(
 ) -> PyResult<()> {
     hotplug::validate_id(&id).map_err(|e| hotplug_error(py, e))?;
     let mon = monitor(py, qmp, timeout)?;
-    let dir = state_dir.map(StateDir::new);
-    py.detach(|| hotplug::del_in(&mon, &id, dir.as_ref()))
-        .map_err(|e| hotplug_error(py, e))
+    let dir = state_dir_arg(py, state_dir)?;
+    without_gil(py, || hotplug::del_in(&mon, &id, dir.as_ref())).map_err(|e| hotplug_error(py, e))
+}
+
+static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
+
+/// Forgets the cached Python loggers and levels (after a change to the
+/// logging configuration).
+#[pyfunction]
+fn reset_log_cache() {
+    if let Some(h) = LOG_RESET.get() {
+        h.reset();
+    }
 }
 
 /// The extension module.
 #[pymodule]
 fn _vmtap(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    // Rust's log records go to Python's logging (logger "vmtap...").
-    let _ = pyo3_log::try_init();
+    // Rust's log records go to Python's logging, to the loggers named
+    // after their modules ("vmtap.open", "vmtap_net.setup",
+    // "vmtap_qemu.qmp"...). Levels are cached: reset_log_cache() after a
+    // change. Another extension may have installed the one `log` logger
+    // of this process already: then records go there.
+    if let Ok(handle) =
+        pyo3_log::Logger::new(m.py(), pyo3_log::Caching::LoggersAndLevels)?.install()
+    {
+        let _ = LOG_RESET.set(handle);
+    }
     use vmtap_sys::request;
     m.add("TUNSETIFF", request::TUNSETIFF)?;
     m.add("TUNGETIFF", request::TUNGETIFF)?;
@@ -640,6 +768,7 @@ fn _vmtap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IFNAME_MAX", vmtap_sys::IFNAME_MAX)?;
     m.add_class::<PyTap>()?;
     m.add_function(wrap_pyfunction!(open_tap, m)?)?;
+    m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
     m.add_function(wrap_pyfunction!(features, m)?)?;
     m.add_function(wrap_pyfunction!(tun_features, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;

@@ -230,6 +230,15 @@ pub enum Error {
         /// The name given.
         name: String,
     },
+    /// A numeric uid or gid the kernel does not take: `(uid_t)-1` means
+    /// "none" to `TUNSETOWNER`/`TUNSETGROUP`.
+    #[error("invalid {kind} id {id}: must be below 4294967295")]
+    InvalidOwnerId {
+        /// `user` or `group`.
+        kind: &'static str,
+        /// The id given.
+        id: u32,
+    },
     /// Looking a user or group up failed (NSS).
     #[error("looking up {kind} {name:?}: {source}")]
     OwnerLookup {
@@ -408,6 +417,7 @@ impl Error {
                 | Self::InvalidVnetHdr(_)
                 | Self::AttachNeedsName
                 | Self::NoSuchOwner { .. }
+                | Self::InvalidOwnerId { .. }
         )
     }
 
@@ -440,6 +450,22 @@ pub fn full_message(err: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     line
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`), so that
+/// names, paths and a peer's words cannot break a line or drive a
+/// terminal.
+pub fn escape_controls(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// The OS error number behind an error or any of its causes (the first

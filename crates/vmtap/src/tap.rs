@@ -313,8 +313,11 @@ fn resolve_owner(
     kind: &'static str,
     lookup: fn(&str) -> std::io::Result<Option<u32>>,
 ) -> Result<u32> {
-    if let Ok(id) = s.parse() {
-        return Ok(id);
+    if let Ok(id) = s.parse::<u32>() {
+        return match id {
+            u32::MAX => Err(Error::InvalidOwnerId { kind, id }),
+            id => Ok(id),
+        };
     }
     lookup(s)
         .map_err(|source| Error::OwnerLookup {
@@ -732,4 +735,22 @@ pub(crate) fn open_tun(tun: &Tun) -> Result<OwnedFd> {
             cause: explain_open(&source, "tun"),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_owners_are_taken_as_ids_but_not_the_kernels_none() {
+        assert_eq!(owner_uid("0").unwrap(), 0);
+        assert_eq!(owner_gid("4294967294").unwrap(), 4_294_967_294);
+        let e = owner_uid("4294967295").unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidOwnerId { kind: "user", .. }),
+            "{e}"
+        );
+        assert!(e.is_invalid_input());
+        assert!(owner_gid("4294967295").unwrap_err().is_invalid_input());
+    }
 }

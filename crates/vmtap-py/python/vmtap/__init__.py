@@ -15,9 +15,9 @@ module can be used from threads.
 :mod:`vmtap.netdev` is a drop-in for Ganeti's ``hv_kvm.netdev``.
 """
 
-from typing import Dict, Iterable, Optional, Union
+from typing import Dict, Iterable, List, Optional, Union
 
-from . import _vmtap
+from . import _vmtap, netdev
 from ._errors import Error, HypervisorError, InvalidArgument, SysError
 from ._vmtap import MAX_QUEUES, Tap
 
@@ -36,7 +36,9 @@ __all__ = [
     "hotplug_del",
     "ifdown",
     "inspect",
+    "netdev",
     "open_tap",
+    "reset_log_cache",
 ]
 
 VnetHdr = Union[str, bool, None]
@@ -65,6 +67,8 @@ def open_tap(
     ``pass_fds``). On any error every fd opened is closed and nothing is
     left behind.
     """
+    if isinstance(queues, bool):
+        raise TypeError("queues must be an int, not a bool")
     return _vmtap.open_tap(
         name,
         queues=queues,
@@ -72,6 +76,18 @@ def open_tap(
         vhost=vhost,
         attach_existing=attach_existing,
     )
+
+
+def _ips(ips: Union[str, Iterable[str]]) -> List[str]:
+    # One address as a str is one address, not its characters.
+    return [ips] if isinstance(ips, str) else list(ips)
+
+
+def reset_log_cache() -> None:
+    """Makes a change to the level of a logger take effect for the records
+    of vmtap's Rust code (loggers ``vmtap.*``, ``vmtap_net.*``,
+    ``vmtap_qemu.*``), whose levels are cached."""
+    _vmtap.reset_log_cache()
 
 
 def features() -> Dict[str, object]:
@@ -117,7 +133,7 @@ def configure_link(
     mode: Optional[str] = None,
     link: Optional[str] = None,
     vlan: Optional[str] = None,
-    ips: Iterable[str] = (),
+    ips: Union[str, Iterable[str]] = (),
     mtu: Optional[int] = None,
     mac: Optional[str] = None,
     up: bool = False,
@@ -141,7 +157,7 @@ def configure_link(
         mode=mode,
         link=link,
         vlan=vlan,
-        ips=list(ips),
+        ips=_ips(ips),
         mtu=mtu,
         mac=mac,
         up=up,
@@ -173,15 +189,18 @@ def hotplug_add(
     mode: Optional[str] = None,
     link: Optional[str] = None,
     vlan: Optional[str] = None,
-    ips: Iterable[str] = (),
+    ips: Union[str, Iterable[str]] = (),
     timeout: float = 10.0,
+    state_dir: Optional[str] = None,
 ) -> str:
     """Hot-plugs a NIC into the QEMU whose QMP socket is ``qmp``: opens the
     tap (as :func:`open_tap`), sets up its host side (as
     :func:`configure_link`, when ``mode`` is given), passes the fds and
     adds the netdev and device ``id``; returns the tap's name. Every QMP
     step has a deadline of ``timeout`` seconds; a failure undoes the steps
-    done (``Error.remaining`` says what may be left in QEMU)."""
+    done (``Error.remaining`` says what may be left in QEMU). In a mode,
+    the set-up is recorded in ``state_dir`` (as for :func:`configure_link`)
+    for :func:`hotplug_del` to undo."""
     return _vmtap.hotplug_add(
         qmp,
         id,
@@ -195,8 +214,9 @@ def hotplug_add(
         mode=mode,
         link=link,
         vlan=vlan,
-        ips=list(ips),
+        ips=_ips(ips),
         timeout=timeout,
+        state_dir=state_dir,
     )
 
 

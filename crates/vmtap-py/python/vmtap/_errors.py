@@ -13,14 +13,14 @@
 ``remaining``: what may be left in QEMU (empty when nothing is).
 """
 
-from typing import List, Optional
+from typing import Optional, Tuple
 
 
 class Error(Exception):
     """An error from vmtap."""
 
     device: Optional[str] = None
-    remaining: List[str] = []
+    remaining: Tuple[str, ...] = ()
 
 
 class InvalidArgument(Error, ValueError):
@@ -31,8 +31,10 @@ class SysError(Error, OSError):
     """The system refused an operation; ``errno`` says why."""
 
     def __str__(self) -> str:
-        # The message already names the cause in words.
-        return str(self.strerror)
+        # vmtap's message already names the cause in words.
+        if self.strerror is not None:
+            return str(self.strerror)
+        return super().__str__()
 
 
 class HypervisorError(Error):

@@ -1,6 +1,6 @@
 """The Rust extension (private: use :mod:`vmtap`)."""
 
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union, final
 
 TUNSETIFF: int
 TUNGETIFF: int
@@ -18,6 +18,7 @@ IFNAME_MAX: int
 
 _VnetHdr = Union[str, bool, None]
 
+@final
 class Tap:
     """An open tap: its name and fds (one per queue; vhost-net fds with
     vhost). Closed by ``close()``, a ``with`` block, or collection;
@@ -52,6 +53,7 @@ def open_tap(
     attach_existing: bool = False,
 ) -> Tap: ...
 def features() -> Dict[str, object]: ...
+def reset_log_cache() -> None: ...
 def tun_features(fd: int) -> Optional[int]: ...
 def inspect(name_or_fd: Union[str, int]) -> Dict[str, object]: ...
 def create_persistent(
@@ -93,6 +95,7 @@ def hotplug_add(
     vlan: Optional[str] = None,
     ips: List[str] = ...,
     timeout: float = 10.0,
+    state_dir: Optional[str] = None,
 ) -> str: ...
 def hotplug_del(
     qmp: str, id: str, *, timeout: float = 10.0, state_dir: Optional[str] = None

@@ -13,8 +13,11 @@ code written against that module) runs unchanged; the work is vmtap's:
   them the device);
 - its errors keep Ganeti's wording ("Failed to open /dev/net/tun",
   "Failed to allocate a new TAP device: ...", "Failed to open
-  /dev/vhost-net") and add vmtap's explanation; a queue count of 0 is an
-  error (Ganeti returns no fds at all).
+  /dev/vhost-net") and add vmtap's explanation; a queue count of 0 or
+  over 256 is such an error too (Ganeti 3 fails with UnboundLocalError on
+  0).
+
+Warnings go through the root logger (``logging.warning``), as Ganeti's do.
 
 Errors are ``ganeti.errors.HypervisorError`` when the ``ganeti`` package
 can be imported, else :class:`vmtap.HypervisorError`.
@@ -51,8 +54,6 @@ IFF_ONE_QUEUE: int = _vmtap.IFF_ONE_QUEUE
 IFF_VNET_HDR: int = _vmtap.IFF_VNET_HDR
 IFF_MULTI_QUEUE: int = _vmtap.IFF_MULTI_QUEUE
 
-_log = logging.getLogger(__name__)
-
 _TUN = "/dev/net/tun"
 _VHOST = "/dev/vhost-net"
 
@@ -67,7 +68,7 @@ def _GetTunFeatures(fd: int, _ioctl: Callable[..., bytes] = fcntl.ioctl) -> Opti
     try:
         buf = _ioctl(fd, TUNGETFEATURES, req)
     except EnvironmentError as err:
-        _log.warning("ioctl(TUNGETFEATURES) failed: %s", err)
+        logging.warning("ioctl(TUNGETFEATURES) failed: %s", err)
         return None
     (flags,) = struct.unpack("I", buf)
     return int(flags)
@@ -79,7 +80,7 @@ def _probe(fd: int, features_fn: Callable[[int], Optional[int]], flag: int, name
         return False
     result = bool(flags & flag)
     if not result:
-        _log.warning("Kernel does not support %s, not enabling", name)
+        logging.warning("Kernel does not support %s, not enabling", name)
     return result
 
 
@@ -98,13 +99,17 @@ def _ProbeTapMqVirtioNet(
 
 
 def _hypervisor_error() -> Type[Exception]:
+    """Ganeti's HypervisorError when Ganeti is there, else vmtap's. Looked
+    up when an error is raised (Ganeti may be imported after this module);
+    a broken or foreign ``ganeti`` package must not hide the real error."""
     try:
         from ganeti import errors  # type: ignore[import-not-found]
-
-        cls: Type[Exception] = errors.HypervisorError
-        return cls
-    except ImportError:
+    except Exception:
         return _VmtapHypervisorError
+    cls = getattr(errors, "HypervisorError", None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        return cls
+    return _VmtapHypervisorError
 
 
 def OpenTap(
