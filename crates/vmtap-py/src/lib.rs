@@ -10,8 +10,9 @@
 #![forbid(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyResourceWarning, PyTypeError};
@@ -117,6 +118,48 @@ fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     let out = py.detach(f);
     settle(py);
     out
+}
+
+/// [`without_gil`] for an operation that waits on QEMU: a Python signal
+/// handler that raises (Ctrl-C's `KeyboardInterrupt`) stops the wait
+/// within 100 ms; the operation then ends as after a timeout (undone), and
+/// the handler's exception is raised with the operation's error as its
+/// cause. Without it a Ctrl-C would wait for the timeout (up to a day).
+fn interruptible<T: Send, E: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, E> + Send,
+    to_py: impl FnOnce(Python<'_>, E) -> PyErr,
+) -> PyResult<T> {
+    let raised: Arc<Mutex<Option<PyErr>>> = Arc::default();
+    let store = raised.clone();
+    let out = without_gil(py, move || {
+        let stop = Rc::new(move || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    *store.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    true
+                }
+            })
+        });
+        vmtap_qemu::qmp::interruptible(stop, f)
+    });
+    let raised = raised.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match (out, raised) {
+        (Ok(v), None) => Ok(v),
+        (Err(e), None) => Err(to_py(py, e)),
+        (Err(e), Some(signal)) => {
+            signal.set_cause(py, Some(to_py(py, e)));
+            Err(signal)
+        }
+        (Ok(v), Some(signal)) => {
+            // Done before the handler's exception stopped anything: the
+            // result stands, the exception follows it.
+            signal.restore(py);
+            settle(py);
+            Ok(v)
+        }
+    }
 }
 
 fn settle(py: Python<'_>) {
@@ -704,7 +747,11 @@ fn hotplug_add(
         .driver(driver)
         .mac(guest_mac);
     let mon = monitor(py, qmp, timeout)?;
-    without_gil(py, || hotplug::add(&Tun::system(), &mon, &opts)).map_err(|e| hotplug_error(py, e))
+    interruptible(
+        py,
+        || hotplug::add(&Tun::system(), &mon, &opts),
+        hotplug_error,
+    )
 }
 
 /// Unplugs a NIC from a running QEMU and undoes its host set-up (see
@@ -721,7 +768,11 @@ fn hotplug_del(
     hotplug::validate_id(&id).map_err(|e| hotplug_error(py, e))?;
     let mon = monitor(py, qmp, timeout)?;
     let dir = state_dir_arg(py, state_dir)?;
-    without_gil(py, || hotplug::del_in(&mon, &id, dir.as_ref())).map_err(|e| hotplug_error(py, e))
+    interruptible(
+        py,
+        || hotplug::del_in(&mon, &id, dir.as_ref()),
+        hotplug_error,
+    )
 }
 
 static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();

@@ -625,19 +625,57 @@ impl Inbox {
     }
 }
 
-/// Waits until `fd` is ready for `flags` or `until` passes (`Ok(false)`).
+thread_local! {
+    static INTERRUPT: std::cell::RefCell<Option<std::rc::Rc<dyn Fn() -> bool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// How often an interruptible wait asks whether to stop.
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
+/// Runs `f` with `stop` asked during every wait on a QMP socket that `f`
+/// makes on this thread: every 100 ms, and whenever a signal interrupts
+/// the wait. When `stop` returns true the wait fails with
+/// [`io::ErrorKind::Interrupted`], and the operation ends as after a
+/// timeout (a hot-plug is rolled back). For front ends whose users
+/// interrupt a call (Python's Ctrl-C); waits are not interruptible
+/// otherwise, only bounded by their deadline.
+pub fn interruptible<T>(stop: std::rc::Rc<dyn Fn() -> bool>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<std::rc::Rc<dyn Fn() -> bool>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INTERRUPT.with(|i| *i.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(INTERRUPT.with(|i| i.replace(Some(stop))));
+    f()
+}
+
+/// Waits until `fd` is ready for `flags` or `until` passes (`Ok(false)`);
+/// see [`interruptible`].
 fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, until: Instant) -> io::Result<bool> {
+    let stop = INTERRUPT.with(|i| i.borrow().clone());
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(false);
         }
         // Long waits are done in pieces; the loop re-checks the clock.
-        let piece = left.min(Duration::from_secs(3600));
+        let piece = left.min(match stop {
+            Some(_) => INTERRUPT_POLL,
+            None => Duration::from_secs(3600),
+        });
         let ts = Timespec::try_from(piece).map_err(|_| io::Error::from(Errno::INVAL))?;
         let mut fds = [PollFd::from_borrowed_fd(fd, flags)];
         match poll(&mut fds, Some(&ts)) {
-            Ok(0) | Err(Errno::INTR) => continue,
+            Ok(0) | Err(Errno::INTR) => {
+                if stop.as_ref().is_some_and(|stop| stop()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "interrupted by the caller",
+                    ));
+                }
+            }
             Ok(_) => return Ok(true),
             Err(e) => return Err(e.into()),
         }

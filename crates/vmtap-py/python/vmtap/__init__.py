@@ -198,7 +198,10 @@ def hotplug_add(
     :func:`configure_link`, when ``mode`` is given), passes the fds and
     adds the netdev and device ``id``; returns the tap's name. Every QMP
     step has a deadline of ``timeout`` seconds; a failure undoes the steps
-    done (``Error.remaining`` says what may be left in QEMU). In a mode,
+    done (``Error.remaining`` says what may be left in QEMU). A Ctrl-C
+    (``KeyboardInterrupt``, or any signal handler that raises) stops a
+    wait on QEMU within 0.1 s: the steps done are undone and the handler's
+    exception is raised, with vmtap's error as its ``__cause__``. In a mode,
     the set-up is recorded in ``state_dir`` (as for :func:`configure_link`)
     for :func:`hotplug_del` to undo."""
     return _vmtap.hotplug_add(
@@ -224,5 +227,6 @@ def hotplug_del(
     qmp: str, id: str, *, timeout: float = 10.0, state_dir: Optional[str] = None
 ) -> None:
     """Unplugs NIC ``id`` (device, then netdev) and undoes its host set-up;
-    running it again finishes a removal that timed out."""
+    running it again finishes a removal that timed out or was interrupted
+    (a Ctrl-C stops its waits, as for :func:`hotplug_add`)."""
     _vmtap.hotplug_del(qmp, id, timeout=timeout, state_dir=state_dir)

@@ -293,3 +293,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_interruptible_wait_stops_when_asked_and_only_then() {
+    let (a, _b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counter = asked.clone();
+    let stop = std::rc::Rc::new(move || {
+        counter.set(counter.get() + 1);
+        counter.get() == 3
+    });
+    // Nothing ever arrives: only the third "stop?" ends a minute's wait.
+    let until = Instant::now() + Duration::from_secs(60);
+    let r = interruptible(stop, || wait_ready(a.as_fd(), PollFlags::IN, until));
+    assert_eq!(r.unwrap_err().kind(), io::ErrorKind::Interrupted);
+    assert_eq!(asked.get(), 3);
+    // Outside, the check is gone: a short wait just times out.
+    let soon = Instant::now() + Duration::from_millis(50);
+    assert!(!wait_ready(a.as_fd(), PollFlags::IN, soon).unwrap());
+    assert_eq!(asked.get(), 3);
+}
