@@ -77,6 +77,15 @@ def ip(*args: str) -> str:
     ).stdout
 
 
+def wait_until(what: str, cond: Callable[[], bool], secs: float = 10.0) -> None:
+    """Waits for a condition, with a deadline."""
+    deadline = time.monotonic() + secs
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {secs} s waiting for {what}")
+        time.sleep(0.01)
+
+
 def exists(ifname: str) -> bool:
     """Whether the interface exists in this test's network namespace (asked
     over netlink: this process's /sys shows the namespace that mounted it,

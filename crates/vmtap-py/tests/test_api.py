@@ -24,9 +24,9 @@ import pytest
 
 import vmtap
 
-from conftest import exists, fd_count, interfaces, ip, sysfs_tx_queues
+from conftest import exists, fd_count, interfaces, ip, sysfs_tx_queues, wait_until
 # The ioctl numbers, checked there against the kernel's _IOC encoding.
-from test_netdev import TUNGETFEATURES, TUNGETIFF, run_child, wait_until
+from test_netdev import TUNGETFEATURES, TUNGETIFF, run_child
 
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000

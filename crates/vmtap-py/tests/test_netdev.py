@@ -27,7 +27,7 @@ import pytest
 import vmtap
 from vmtap import netdev
 
-from conftest import exists, fd_count, interfaces, ip, sysfs_tx_queues
+from conftest import exists, fd_count, interfaces, ip, sysfs_tx_queues, wait_until
 
 try:  # What OpenTap raises: Ganeti's class when Ganeti can be imported.
     from ganeti import errors as _ganeti_errors  # type: ignore[import-not-found]
@@ -126,16 +126,6 @@ def owned(result: Tuple[bytes, List[int], List[int]]) -> Iterator[Tuple[bytes, L
     finally:
         for fd in result[1] + result[2]:
             os.close(fd)
-
-
-def wait_until(what: str, cond: Callable[[], bool], secs: float = 10.0) -> None:
-    """Waits for a condition, with a deadline (conftest had this helper
-    until cb29e25)."""
-    deadline = time.monotonic() + secs
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {secs} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def wait_gone(ifname: str) -> None:

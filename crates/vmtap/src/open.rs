@@ -398,7 +398,8 @@ fn attach(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
     }
     Ok(Tap {
         name: name.to_string(),
-        flags,
+        // As TUNGETIFF reports the device's flags: it is persistent.
+        flags: flags | TunFlags::PERSIST,
         queues: tap_queues,
         vhost,
     })

@@ -204,8 +204,9 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The flags the device has (as `TUNSETIFF` set them or, when attaching
-    /// to an existing tap, as `TUNGETIFF` read them).
+    /// The flags the device has, as `TUNGETIFF` reports them: those
+    /// `TUNSETIFF` set, or, when attaching to an existing (persistent) tap,
+    /// its own with `PERSIST`.
     pub fn flags(&self) -> TunFlags {
         self.flags
     }
