@@ -32,6 +32,16 @@ enum Class {
     Failure,
 }
 
+impl Class {
+    fn of(invalid_input: bool) -> Self {
+        if invalid_input {
+            Class::Invalid
+        } else {
+            Class::Failure
+        }
+    }
+}
+
 /// Raises `err` as the class of `vmtap._errors` it belongs to, with its
 /// full message; `device` is the device node that could not be used.
 fn raise(
@@ -62,20 +72,12 @@ fn core_error(py: Python<'_>, e: vmtap::Error) -> PyErr {
         | vmtap::Error::NotVhostNet { path, .. } => Some(path.display().to_string()),
         _ => None,
     };
-    let class = if e.is_invalid_input() {
-        Class::Invalid
-    } else {
-        Class::Failure
-    };
+    let class = Class::of(e.is_invalid_input());
     raise(py, &e, class, device)
 }
 
 fn link_error(py: Python<'_>, e: vmtap_net::LinkError) -> PyErr {
-    let class = if e.is_invalid_input() {
-        Class::Invalid
-    } else {
-        Class::Failure
-    };
+    let class = Class::of(e.is_invalid_input());
     raise(py, &e, class, None)
 }
 
@@ -83,11 +85,7 @@ fn hotplug_error(py: Python<'_>, e: hotplug::HotplugError) -> PyErr {
     if let hotplug::HotplugError::Open(e) = e {
         return core_error(py, e);
     }
-    let class = if e.is_invalid_input() {
-        Class::Invalid
-    } else {
-        Class::Failure
-    };
+    let class = Class::of(e.is_invalid_input());
     let err = raise(py, &e, class, None);
     let remaining: Vec<String> = e.remaining().iter().map(|l| l.to_string()).collect();
     if let Err(set) = err.value(py).setattr("remaining", remaining) {

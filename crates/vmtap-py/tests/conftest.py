@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -127,6 +127,26 @@ def sysfs_tx_queues(ifname: str) -> int:
     """The tap's tx queues in sysfs (one per attached queue)."""
     out = with_sysfs(f"ls /sys/class/net/{shlex.quote(ifname)}/queues")
     return len([q for q in out.split() if q.startswith("tx-")])
+
+
+def link(name: str) -> Optional[Dict]:
+    """``ip -j -d link show dev NAME``, or None when there is no such
+    interface."""
+    proc = subprocess.run(
+        ["ip", "-j", "-d", "link", "show", "dev", name], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        return None
+    (entry,) = json.loads(proc.stdout)
+    return entry
+
+
+def tun_info(name: str) -> Dict:
+    """The ``tun`` part of ``ip -d link`` for a tap."""
+    entry = link(name)
+    assert entry is not None, f"no interface {name}"
+    assert entry["linkinfo"]["info_kind"] == "tun"
+    return entry["linkinfo"]["info_data"]
 
 
 def guest() -> "tuple[Path, Path]":

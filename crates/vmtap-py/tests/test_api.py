@@ -18,13 +18,13 @@ import struct
 import subprocess
 import threading
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 
 import vmtap
 
-from conftest import exists, fd_count, interfaces, ip, sysfs_tx_queues, wait_until
+from conftest import exists, fd_count, interfaces, ip, link, sysfs_tx_queues, tun_info, wait_until
 # The ioctl numbers, checked there against the kernel's _IOC encoding.
 from test_netdev import TUNGETFEATURES, TUNGETIFF, run_child
 
@@ -43,25 +43,6 @@ def tun_getiff(fd: int) -> "tuple[str, int]":
     buf = fcntl.ioctl(fd, TUNGETIFF, struct.pack("16sH", b"", 0))
     name, flags = struct.unpack("16sH", buf)
     return name.rstrip(b"\0").decode(), flags
-
-
-def link(name: str) -> Optional[Dict]:
-    """``ip -j -d link show dev NAME``, or None without such an interface."""
-    proc = subprocess.run(
-        ["ip", "-j", "-d", "link", "show", "dev", name], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        return None
-    (entry,) = json.loads(proc.stdout)
-    return entry
-
-
-def tun_info(name: str) -> Dict:
-    """The ``tun`` part of ``ip -d link`` for a tap."""
-    entry = link(name)
-    assert entry is not None, f"no interface {name}"
-    assert entry["linkinfo"]["info_kind"] == "tun"
-    return entry["linkinfo"]["info_data"]
 
 
 def wait_gone(ifname: str) -> None:

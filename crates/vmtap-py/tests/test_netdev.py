@@ -27,7 +27,7 @@ import pytest
 import vmtap
 from vmtap import netdev
 
-from conftest import exists, fd_count, interfaces, ip, sysfs_tx_queues, wait_until
+from conftest import exists, fd_count, interfaces, ip, link, sysfs_tx_queues, tun_info, wait_until
 
 try:  # What OpenTap raises: Ganeti's class when Ganeti can be imported.
     from ganeti import errors as _ganeti_errors  # type: ignore[import-not-found]
@@ -96,26 +96,6 @@ def tun_getiff(fd: int) -> Tuple[bytes, int]:
     buf = fcntl.ioctl(fd, TUNGETIFF, struct.pack("16sH", b"", 0))
     name, flags = struct.unpack("16sH", buf)
     return name.rstrip(b"\0"), flags
-
-
-def link(name: str) -> Optional[Dict]:
-    """``ip -j -d link show dev NAME``, or None when there is no such
-    interface."""
-    proc = subprocess.run(
-        ["ip", "-j", "-d", "link", "show", "dev", name], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        return None
-    (entry,) = json.loads(proc.stdout)
-    return entry
-
-
-def tun_info(name: str) -> Dict:
-    """The ``tun`` part of ``ip -d link`` for a tap."""
-    entry = link(name)
-    assert entry is not None, f"no interface {name}"
-    assert entry["linkinfo"]["info_kind"] == "tun"
-    return entry["linkinfo"]["info_data"]
 
 
 @contextlib.contextmanager
