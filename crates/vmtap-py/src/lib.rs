@@ -162,7 +162,8 @@ fn interruptible<T: Send, E: Send>(
 
 fn settle(py: Python<'_>) {
     let Some(e) = PyErr::take(py) else { return };
-    if e.is_instance_of::<PyKeyboardInterrupt>(py) {
+    // Only the main thread gets signals' exceptions: raised there again.
+    if e.is_instance_of::<PyKeyboardInterrupt>(py) && on_main_thread(py).unwrap_or(false) {
         let again = py
             .import("_thread")
             .and_then(|t| t.call_method0("interrupt_main"));
@@ -171,6 +172,13 @@ fn settle(py: Python<'_>) {
         }
     }
     e.write_unraisable(py, None);
+}
+
+fn on_main_thread(py: Python<'_>) -> PyResult<bool> {
+    let threading = py.import("threading")?;
+    let main = threading.call_method0("main_thread")?;
+    let current = threading.call_method0("current_thread")?;
+    Ok(main.is(&current))
 }
 
 /// An int argument within `lo..=hi`: a `TypeError` for anything but an
