@@ -229,6 +229,12 @@ pub enum LinkError {
         #[source]
         source: Box<LinkError>,
     },
+    /// An unrecorded set-up ([`LinkOptions::record`]) of a mode whose
+    /// changes outlive the tap.
+    #[error(
+        "a {0} NIC's host set-up outlives the tap (routing rules, an Open vSwitch port): it needs a record, so it cannot be unrecorded (only a bridged one can)"
+    )]
+    NeedsRecord(&'static str),
     /// Another process holds the NIC's lock.
     #[error("another vmtap is setting up or tearing down this NIC (lock {} held for {seconds} s)", path.display())]
     Busy {
@@ -253,6 +259,7 @@ impl LinkError {
             | Self::InvalidTableName(_)
             | Self::VlanInMode(_)
             | Self::Vlan(_)
+            | Self::NeedsRecord(_)
             | Self::InvalidEnv(_) => true,
             // Raised by a step, maybe after others changed the host (and
             // were put back): failures from the system, whatever the cause.

@@ -235,7 +235,7 @@ impl Step {
 
 /// Options of [`configure`]: what to do to the host side of a tap. Build
 /// it with the setters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LinkOptions {
     /// MTU to set (bridged: the bridge's, unless given).
@@ -248,7 +248,8 @@ pub struct LinkOptions {
     /// Bring the link up (always done in a mode).
     pub up: bool,
     /// Where the record of the changes is kept (default:
-    /// [`StateDir::from_env`]). Only a mode keeps a record.
+    /// [`StateDir::from_env`]). Only a mode keeps a record, and only when
+    /// [`LinkOptions::record`] is on.
     pub state_dir: Option<StateDir>,
     /// Who set the NIC up (a hot-plug), saved in the record.
     pub owner: Option<Owner>,
@@ -256,12 +257,45 @@ pub struct LinkOptions {
     /// MAC, UUID), saved in the record: an ifdown that names another NIC
     /// leaves this one alone.
     pub nic: Option<String>,
+    /// Keep a record of a mode's changes on disk, for [`ifdown`] (default
+    /// true). See [`LinkOptions::record`].
+    pub record: bool,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        Self {
+            mtu: None,
+            mac: None,
+            mode: None,
+            up: false,
+            state_dir: None,
+            owner: None,
+            nic: None,
+            record: true,
+        }
+    }
 }
 
 impl LinkOptions {
     /// Nothing to do.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// Whether a mode's changes are kept on record (default: true).
+    ///
+    /// `record(false)` is for a tap that lives only as long as its fds and
+    /// whose changes all go with it, such as a bridged tap handed to QEMU
+    /// by a bridge helper: the changes are made and, if a later step
+    /// fails, undone in this process ([`LinkChanges::undo`]) as usual, but
+    /// nothing is written to (or read from) the state directory, whose
+    /// location is then never asked ([`StateDir::from_env`] is not read).
+    /// Only bridged mode (or no mode) can be unrecorded: routing rules and
+    /// Open vSwitch ports outlive the tap, and only a record lets
+    /// [`ifdown`] remove them ([`LinkError::NeedsRecord`] otherwise).
+    pub fn record(mut self, on: bool) -> Self {
+        self.record = on;
+        self
     }
     /// Sets (or, with `None`, leaves alone) the MTU.
     pub fn mtu(mut self, mtu: impl Into<Option<u32>>) -> Self {
@@ -317,6 +351,7 @@ impl LinkOptions {
         if let Some(mtu) = self.mtu {
             check_tap_mtu(mtu)?;
         }
+        self.check_record()?;
         let Some(mode) = &self.mode else {
             return Ok(());
         };
@@ -333,6 +368,18 @@ impl LinkOptions {
             return Err(crate::ovs::OvsError::NoSuchBridge(switch.clone()).into());
         }
         Ok(())
+    }
+}
+
+impl LinkOptions {
+    /// An unrecorded set-up only of a mode whose changes go with the tap.
+    fn check_record(&self) -> Result<(), LinkError> {
+        match &self.mode {
+            Some(m @ (NicMode::Routed { .. } | NicMode::Openvswitch { .. })) if !self.record => {
+                Err(LinkError::NeedsRecord(m.name()))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -850,7 +897,9 @@ fn look_up(nl: &mut Rtnl, mode: Option<&NicMode>) -> Result<Needs, LinkError> {
 /// a second call changes nothing. In a mode, every change is put on
 /// record (see [`StateDir`]) before it is made, for [`ifdown`], and a
 /// record of an earlier tap of the same name (or of another mode) is
-/// undone first: its rules and OVS port outlive the tap.
+/// undone first: its rules and OVS port outlive the tap. With
+/// [`LinkOptions::record`]`(false)` (bridged only) nothing is recorded
+/// and no record is read: the changes live and die with the tap.
 ///
 /// Returns what was changed. If a step fails, the steps before it are
 /// undone before the error is returned.
@@ -867,6 +916,7 @@ pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkEr
     if let Some(mtu) = opts.mtu {
         check_tap_mtu(mtu)?;
     }
+    opts.check_record()?;
     let mut nl = Rtnl::open_for(ifname)?;
     // What the mode needs, and the tap, are looked up first (nothing is
     // made for a NIC that cannot be), then the NIC's lock is taken and the
@@ -877,13 +927,13 @@ pub fn configure(ifname: &str, opts: &LinkOptions) -> Result<LinkChanges, LinkEr
         preflight(mode, &tap)?;
     }
     let mut journal = match &opts.mode {
-        Some(_) => {
+        Some(_) if opts.record => {
             let dir = opts.state_dir.clone().unwrap_or_else(StateDir::from_env);
             let j = Journal::open(&dir, ifname, true)?;
             tap = nl.require(ifname)?;
             Some(j)
         }
-        None => None,
+        _ => None,
     };
     changes.index = tap.index;
     if let Some(j) = &mut journal {
