@@ -331,6 +331,15 @@ pub enum Error {
         /// What differs.
         difference: Difference,
     },
+    /// The fds of a tap opened elsewhere ([`crate::Tun::adopt_tap`]) are
+    /// not what was asked (they were closed).
+    #[error("the fds of tap \"{ifname}\" are not what was asked: {difference}")]
+    NotAsAsked {
+        /// The interface.
+        ifname: String,
+        /// What differs.
+        difference: Difference,
+    },
     /// The named interface exists but is not a TAP device.
     #[error("\"{0}\" exists but is not a TAP device")]
     NotATap(String),

@@ -121,6 +121,55 @@ impl Tun {
         open_vhosts(self, 1).map(drop)
     }
 
+    /// Takes the fds of one tap that another process opened (a bridge
+    /// helper sent them) as a [`Tap`], checking first, with `TUNGETIFF`,
+    /// that they are what QEMU can use: one TAP device ([`Tun::check_queues`]:
+    /// the same device, consistent flags, multi-queue when there are
+    /// several), without packet-information headers, and with a
+    /// virtio-net header as `vnet_hdr` asks (`Auto`: either). (Packet
+    /// information is seen over netlink, so only for a device in this
+    /// network namespace: `TUNGETIFF` does not show it.) With
+    /// `vhost`, one vhost-net fd per queue is opened too. On any failure
+    /// every fd given is closed (a tap that lives only with its fds goes
+    /// with them).
+    pub fn adopt_tap(&self, fds: Vec<OwnedFd>, vnet_hdr: VnetHdr, vhost: bool) -> Result<Tap> {
+        let info = {
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            self.check_queues(&borrowed)?
+        };
+        let differs = |difference| {
+            Err(Error::NotAsAsked {
+                ifname: info.name.clone(),
+                difference,
+            })
+        };
+        // TUNGETIFF cannot tell: it reports IFF_NOFILTER, the same bit as
+        // IFF_NO_PI, on every fd without a socket filter. Netlink tells,
+        // for a device in this network namespace.
+        let pi = self
+            .inspect_fd_status(fds[0].as_fd())?
+            .status
+            .is_some_and(|st| st.pi);
+        if pi {
+            return differs(Difference::PacketInfo);
+        }
+        match vnet_hdr {
+            VnetHdr::On if !info.vnet_hdr() => return differs(Difference::VnetHdr { tap: false }),
+            VnetHdr::Off if info.vnet_hdr() => return differs(Difference::VnetHdr { tap: true }),
+            _ => {}
+        }
+        let vhost = open_vhosts(self, if vhost { fds.len() } else { 0 })?;
+        Ok(Tap {
+            flags: info.flags & (TunFlags::TAP | TUN_FEATURES),
+            name: info.name,
+            queues: fds
+                .into_iter()
+                .map(|fd| TapQueue::new(fd, self.clone()))
+                .collect(),
+            vhost,
+        })
+    }
+
     /// Opens a tap for QEMU (see [`open_tap`] for what differs from
     /// Ganeti): one tap fd per queue and, with vhost, one vhost-net fd per
     /// queue; with [`OpenOptions::attach_existing`], attaches to a

@@ -500,3 +500,75 @@ fn an_exhausted_template_says_so() {
         assert_eq!(interfaces().len(), 101);
     });
 }
+
+#[test]
+fn adopted_fds_are_checked_and_closed_on_any_failure() {
+    in_netns(|| {
+        let tun = Tun::system();
+        // A 2-queue tap opened "elsewhere": its fds become a Tap again.
+        let (name, fds, _) = OpenOptions::new()
+            .name("ad0")
+            .queues(2)
+            .open()
+            .unwrap()
+            .into_parts();
+        let tap = tun.adopt_tap(fds, VnetHdr::On, false).unwrap();
+        assert_eq!((tap.name(), tap.queues().len()), (name.as_str(), 2));
+        assert!(
+            tap.flags()
+                .contains(TunFlags::MULTI_QUEUE | TunFlags::VNET_HDR)
+        );
+        assert!(!tap.flags().contains(TunFlags::TUN_EXCL));
+        assert_eq!(tap.verify().unwrap().name, "ad0");
+        drop(tap);
+        wait_gone("ad0");
+
+        let open1 = |name: &str, vnet| {
+            OpenOptions::new()
+                .name(name)
+                .vnet_hdr(vnet)
+                .open()
+                .unwrap()
+                .into_parts()
+                .1
+                .pop()
+                .unwrap()
+        };
+        // Two single-queue taps are not one tap.
+        let fds = vec![open1("ad1", VnetHdr::On), open1("ad2", VnetHdr::On)];
+        let err = tun.adopt_tap(fds, VnetHdr::Auto, false).unwrap_err();
+        assert!(matches!(&err, Error::InconsistentQueues(_)), "{err}");
+        // Not the vnet header asked.
+        let err = tun
+            .adopt_tap(vec![open1("ad3", VnetHdr::Off)], VnetHdr::On, false)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the fds of tap \"ad3\" are not what was asked: vnet_hdr is off but on was asked"
+        );
+        let err = tun
+            .adopt_tap(vec![open1("ad4", VnetHdr::On)], VnetHdr::Off, false)
+            .unwrap_err();
+        assert!(err.to_string().contains("vnet_hdr is on but off"), "{err}");
+        // A tap with packet-information headers.
+        let pi: std::os::fd::OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap()
+            .into();
+        vmtap_sys::tun_set_iff(pi.as_fd(), "ad5", TunFlags::TAP).unwrap();
+        let err = tun.adopt_tap(vec![pi], VnetHdr::Auto, false).unwrap_err();
+        assert!(err.to_string().contains("packet-information"), "{err}");
+        // No fds at all.
+        assert!(matches!(
+            tun.adopt_tap(Vec::new(), VnetHdr::Auto, false),
+            Err(Error::InconsistentQueues(_))
+        ));
+        // Every fd given was closed (no other fd held them): the taps went
+        // with them.
+        for n in ["ad1", "ad2", "ad3", "ad4", "ad5"] {
+            wait_gone(n);
+        }
+    });
+}
