@@ -353,6 +353,46 @@ pub fn dup_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// The number of threads of this process (entries of `/proc/self/task`).
+pub fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Removes every variable from this process's environment, for a
+/// privileged program that needs none of them. Refuses (`EBUSY`, nothing
+/// removed) unless the process has exactly one thread: changing the
+/// environment while another thread may read it is undefined behaviour
+/// (which is why `std::env::remove_var` is `unsafe`), and only the caller,
+/// this one thread, could start another meanwhile.
+pub fn clear_environment() -> io::Result<()> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!("the process has {threads} threads; the environment is changed only with one"),
+        ));
+    }
+    let names: Vec<std::ffi::OsString> = std::env::vars_os().map(|(k, _)| k).collect();
+    // Names `remove_var` would panic on (empty, or with '=' or NUL: only a
+    // hand-made environment has them) are refused, not left.
+    if let Some(odd) = names
+        .iter()
+        .find(|n| n.is_empty() || n.as_encoded_bytes().iter().any(|&b| b == b'=' || b == 0))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("an environment entry has a malformed name {odd:?}"),
+        ));
+    }
+    for name in names {
+        // SAFETY: the process has one thread (checked above; only this
+        // thread could start another, and it does not), so nothing reads
+        // or writes the environment concurrently.
+        unsafe { std::env::remove_var(&name) };
+    }
+    Ok(())
+}
+
 /// Moves the calling thread into a new, empty network namespace.
 ///
 /// Network namespaces are per thread: other threads are not affected, and
@@ -503,6 +543,15 @@ mod tests {
         let req = ifreq("tap-é1", TunFlags::TAP | TunFlags::TUN_EXCL);
         assert_eq!(ifreq_name(&req), "tap-é1");
         assert_eq!(ifreq_flags(&req), TunFlags::TAP | TunFlags::TUN_EXCL);
+    }
+
+    #[test]
+    fn the_environment_is_left_alone_with_other_threads() {
+        // The test harness runs this on a thread of its own: two at least.
+        let err = clear_environment().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
+        assert!(err.to_string().contains("threads"), "{err}");
+        assert!(std::env::vars_os().next().is_some());
     }
 
     #[test]
