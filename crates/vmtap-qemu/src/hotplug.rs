@@ -42,6 +42,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::json;
 
+use crate::helper::{HelperError, HelperOptions, open_with_helper};
 use crate::qmp::{Deadline, Event, Limits, Qmp, QmpError, later};
 use vmtap::open::OpenOptions;
 use vmtap::tap::Tap;
@@ -184,6 +185,9 @@ pub enum HotplugError {
     /// Opening the tap failed.
     #[error(transparent)]
     Open(#[from] vmtap::Error),
+    /// No tap came from the bridge helper.
+    #[error(transparent)]
+    Helper(#[from] HelperError),
     /// Host-side link set-up failed.
     #[error(transparent)]
     Link(#[from] LinkError),
@@ -358,6 +362,7 @@ impl HotplugError {
             Self::Open(e) => e.is_invalid_input(),
             Self::Link(e) => e.is_invalid_input(),
             Self::InvalidId(_) => true,
+            Self::Helper(e) => e.is_invalid_input(),
             _ => false,
         }
     }
@@ -597,6 +602,33 @@ pub fn add(tun: &Tun, mon: &Monitor, opts: &HotplugOptions) -> Result<String, Ho
             Err(e)
         }
     }
+}
+
+/// Hot-adds a bridged NIC whose tap comes from a bridge helper (for a
+/// user without `CAP_NET_ADMIN`; see [`open_with_helper`]): connects,
+/// checks that `id` is free in QEMU, runs the helper, then plugs the tap
+/// (see [`plug`]). The helper set up the tap's host side, which goes with
+/// the tap: nothing is recorded. Returns the host interface name. On
+/// failure our fds are closed, and nothing is left in QEMU unless
+/// [`HotplugError::remaining`] says so.
+pub fn add_with_helper(
+    tun: &Tun,
+    mon: &Monitor,
+    id: &str,
+    helper: &HelperOptions,
+    driver: &str,
+    mac: Option<MacAddr>,
+) -> Result<String, HotplugError> {
+    validate_id(id)?;
+    helper.validate()?;
+    let mut qmp = mon
+        .connect()
+        .map_err(|e| HotplugError::step(Op::Add, id, Step::Connect, e))?;
+    ensure_free(&mut qmp, id)?;
+    let tap = open_with_helper(tun, helper)?;
+    plug_on(mon, qmp, id, &tap, driver, mac)?;
+    // QEMU holds its own copies now; ours close when `tap` drops.
+    Ok(tap.name().to_string())
 }
 
 /// The record owner of NIC `id` of this QEMU.

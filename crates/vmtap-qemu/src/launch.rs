@@ -10,6 +10,7 @@ use vmtap::{OpenOptions, Tap, Tun};
 use vmtap_net::{LinkError, LinkOptions};
 
 use crate::args::{InvalidId, device_opts, expand_placeholders, join_fds, netdev_arg, validate_id};
+use crate::helper::{HelperError, HelperOptions, open_with_helper};
 
 impl LaunchError {
     /// True for errors in the caller's input (nothing was touched).
@@ -18,6 +19,7 @@ impl LaunchError {
             Self::Tap(e) => e.is_invalid_input(),
             Self::Link(e) => e.is_invalid_input(),
             Self::Id(_) => true,
+            Self::Helper(e) => e.is_invalid_input(),
             _ => false,
         }
     }
@@ -71,6 +73,37 @@ pub fn open_and_exec(
     err
 }
 
+/// `vmtap open --helper`: checks the options and the id; gets a bridged
+/// tap from the bridge helper (see [`open_with_helper`]: the helper sets
+/// up its host side, and the tap lives only as long as its fds); then
+/// execs `program` with the fds (see [`exec_with_tap`]). Returns only on
+/// failure, with nothing left behind.
+pub fn open_with_helper_and_exec(
+    tun: &Tun,
+    helper: &HelperOptions,
+    id: &str,
+    program: &str,
+    args: &[String],
+) -> LaunchError {
+    if let Err(e) = helper.validate() {
+        return e.into();
+    }
+    if let Err(e) = validate_id(id) {
+        return LaunchError::Id(e);
+    }
+    let tap = match open_with_helper(tun, helper) {
+        Ok(tap) => tap,
+        Err(e) => return e.into(),
+    };
+    log::debug!(
+        "the bridge helper sent {} with {} queue(s), flags {:?}",
+        tap.name(),
+        tap.queues().len(),
+        tap.flags()
+    );
+    exec_with_tap(tap, id, program, args)
+}
+
 /// Why the hand-off failed (it returns only on failure).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -94,6 +127,9 @@ pub enum LaunchError {
     /// The QEMU id is not one QEMU takes.
     #[error(transparent)]
     Id(InvalidId),
+    /// No tap came from the bridge helper.
+    #[error(transparent)]
+    Helper(#[from] HelperError),
     /// `execvp` failed.
     #[error("cannot run {program:?}: {source}")]
     Exec {

@@ -112,6 +112,33 @@ pub fn install(bin: &Path, how: Privilege) -> Installed {
 pub struct EtcQemu {
     files: TempDir,
     scratch: TempDir,
+    bin: TempDir,
+}
+
+/// The script that makes the private `/etc/qemu`; `$1` a scratch
+/// directory, `$2` the files, then the command.
+const PRIVATE_ETC: &str = r#"set -e
+T=$1 SRC=$2; shift 2
+mount -t tmpfs tmpfs "$T"
+if [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+    mknod -m 666 "$T/tun" c 10 200
+    mount --bind "$T/tun" /dev/net/tun
+fi
+if [ ! -d /etc/qemu ]; then
+    mkdir "$T/upper" "$T/work"
+    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/upper,workdir=$T/work" /etc
+    mkdir /etc/qemu
+fi
+mount -t tmpfs -o mode=0755 tmpfs /etc/qemu
+cp -a "$SRC/." /etc/qemu/
+exec "$@""#;
+
+/// Writes an executable shell script `name` with `body` into `dir`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
 }
 
 impl Default for EtcQemu {
@@ -126,6 +153,7 @@ impl EtcQemu {
         Self {
             files: TempDir::new("etc-qemu"),
             scratch: TempDir::new("etc-scratch"),
+            bin: TempDir::new("etc-bin"),
         }
     }
 
@@ -158,27 +186,58 @@ impl EtcQemu {
     /// not, as in a container without udev). Inherits the calling
     /// thread's network namespace.
     pub fn command(&self, argv: &[&str]) -> Command {
-        const SCRIPT: &str = r#"set -e
-T=$1 SRC=$2; shift 2
-mount -t tmpfs tmpfs "$T"
-if [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
-    mknod -m 666 "$T/tun" c 10 200
-    mount --bind "$T/tun" /dev/net/tun
-fi
-if [ ! -d /etc/qemu ]; then
-    mkdir "$T/upper" "$T/work"
-    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/upper,workdir=$T/work" /etc
-    mkdir /etc/qemu
-fi
-mount -t tmpfs -o mode=0755 tmpfs /etc/qemu
-cp -a "$SRC/." /etc/qemu/
-exec "$@""#;
         let mut c = Command::new("unshare");
-        c.args(["-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh"])
-            .arg(self.scratch.path())
-            .arg(self.files.path())
-            .args(argv);
+        c.args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            PRIVATE_ETC,
+            "sh",
+        ])
+        .arg(self.scratch.path())
+        .arg(self.files.path())
+        .args(argv);
         c
+    }
+}
+
+impl EtcQemu {
+    /// An executable script that runs `argv` and its own arguments as
+    /// [`EtcQemu::command`] does: a program to give where a path is asked
+    /// (a bridge helper for `vmtap open --helper`). The words of `argv`
+    /// must not contain `'`.
+    pub fn wrapper(&self, argv: &[&str]) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let quote = |w: &str| {
+            assert!(!w.contains('\''), "{w}");
+            format!("'{w}'")
+        };
+        let words: Vec<String> = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            PRIVATE_ETC,
+            "sh",
+        ]
+        .iter()
+        .map(|w| quote(w))
+        .chain([
+            quote(&self.scratch.path().display().to_string()),
+            quote(&self.files.path().display().to_string()),
+        ])
+        .chain(argv.iter().map(|w| quote(w)))
+        .collect();
+        let name = format!("wrapper-{}", N.fetch_add(1, Ordering::Relaxed));
+        script(
+            self.bin.path(),
+            &name,
+            &format!("exec {} \"$@\"", words.join(" ")),
+        )
     }
 }
 
