@@ -24,6 +24,7 @@ Examples:
   vmtap open --bridge br0 --vhost -- qemu-system-x86_64 ... -netdev {netdev} -device virtio-net-pci,{device}
   vmtap open --mode routed --ip 192.0.2.10 --link 100 -- qemu-system-x86_64 ...
   vmtap open --mode openvswitch --link sw0 --vlan .100:200 -- qemu-system-x86_64 ...
+  vmtap open --helper /usr/local/libexec/vmtap-bridge-helper --bridge br0 --queues 4 -- qemu-system-x86_64 ...
   INTERFACE=tap0 MODE=bridged LINK=br0 VLAN=.100 vmtap ifup
   vmtap ifdown tap0
   vmtap create vm1tap --multi-queue --vnet-hdr --owner qemu
@@ -173,6 +174,64 @@ struct HotplugAddArgs {
     /// [default: --timeout, at least 1].
     #[arg(long, value_name = "SECONDS")]
     rollback_timeout: Option<f64>,
+    #[command(flatten)]
+    helper: HelperArgs,
+}
+
+/// A tap from a bridge helper: shared by `open` and `hotplug add`.
+#[derive(Args, Debug)]
+struct HelperArgs {
+    /// Get the bridged tap from this bridge helper (vmtap-bridge-helper,
+    /// or QEMU's qemu-bridge-helper for one queue): for a user without
+    /// CAP_NET_ADMIN. Needs --bridge.
+    #[arg(long, value_name = "PATH")]
+    helper: Option<PathBuf>,
+    /// Seconds the bridge helper has to send the tap.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    helper_timeout: f64,
+}
+
+impl HelperArgs {
+    /// The helper's options, when --helper is given: the bridge from a
+    /// bridged mode without VLANs; `set` lists the options given that the
+    /// helper's tap cannot take (it sets the tap up itself).
+    fn options(
+        &self,
+        tap: &TapArgs,
+        nic: &ModeArgs,
+        set: &[(bool, &str)],
+    ) -> Result<Option<vmtap_qemu::helper::HelperOptions>, CliError> {
+        let Some(path) = &self.helper else {
+            return Ok(None);
+        };
+        if let Some((_, opt)) = set.iter().find(|(given, _)| *given) {
+            return Err(CliError::Invalid(format!(
+                "{opt} cannot be used with --helper: the bridge helper sets the tap up (the bridge's MTU, a 0xfe MAC, up)"
+            )));
+        }
+        let bridge = match nic.mode()? {
+            Some(NicMode::Bridged { bridge, vlan: None }) => bridge,
+            Some(NicMode::Bridged { vlan: Some(_), .. }) => {
+                return Err(CliError::Invalid(
+                    "--vlan cannot be used with --helper: the bridge helper makes a port without VLANs"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(CliError::Invalid(
+                    "--helper needs --bridge BR: the bridge helper makes a bridged tap".into(),
+                ));
+            }
+        };
+        let opts = vmtap_qemu::helper::HelperOptions::new(path, bridge)
+            .queues(usize::from(tap.queues))
+            .vnet_hdr(tap.vnet_hdr)
+            .name(tap.name.clone())
+            .vhost(tap.vhost)
+            .timeout(seconds("--helper-timeout", self.helper_timeout)?);
+        opts.validate()?;
+        Ok(Some(opts))
+    }
 }
 
 const IFUP_HELP: &str = "\
@@ -208,7 +267,11 @@ Examples:
       -netdev {netdev} -device virtio-net-pci,{device}
   vmtap open --name vm1 --bridge br0 --vhost --queues 4 -- qemu-system-x86_64 ... \\
       -netdev {netdev} -device virtio-net-pci,{device},mac=52:54:00:12:34:56
-  vmtap open --name vm1tap --attach-existing --queues 4 -- ...";
+  vmtap open --name vm1tap --attach-existing --queues 4 -- ...
+
+Without CAP_NET_ADMIN, a bridge helper installed with privileges makes the tap:
+  vmtap open --helper /usr/local/libexec/vmtap-bridge-helper --bridge br0 --queues 4 -- \
+      qemu-system-x86_64 ... -netdev {netdev} -device virtio-net-pci,{device}";
 
 #[derive(Args, Debug, Clone)]
 struct DevicePaths {
@@ -338,6 +401,8 @@ struct OpenArgs {
     /// Bring the link up.
     #[arg(long)]
     up: bool,
+    #[command(flatten)]
+    helper: HelperArgs,
     /// The program to exec, and its arguments.
     #[arg(last = true, value_name = "PROGRAM ARGS")]
     program: Vec<String>,
@@ -371,6 +436,8 @@ enum CliError {
     Qmp(#[from] qmp::QmpError),
     #[error(transparent)]
     Launch(#[from] vmtap_qemu::launch::LaunchError),
+    #[error(transparent)]
+    Helper(#[from] vmtap_qemu::helper::HelperError),
     #[error("{0}")]
     Invalid(String),
     #[error("{what}: {source}")]
@@ -389,6 +456,7 @@ impl CliError {
             Self::Invalid(_) => 2,
             Self::Hotplug(e) if e.is_invalid_input() => 2,
             Self::Launch(e) if e.is_invalid_input() => 2,
+            Self::Helper(e) if e.is_invalid_input() => 2,
             _ => 1,
         }
     }
@@ -551,13 +619,33 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
                 .into(),
         ));
     };
+    let tun = args.tap.paths.tun();
+    let helper = args.helper.options(
+        &args.tap,
+        &args.nic,
+        &[
+            (args.attach_existing, "--attach-existing"),
+            (args.mtu.is_some(), "--mtu"),
+            (args.mac.is_some(), "--mac"),
+            (args.up, "--up"),
+        ],
+    )?;
+    if let Some(helper) = helper {
+        return Err(launch::open_with_helper_and_exec(
+            &tun,
+            &helper,
+            &args.id,
+            program,
+            program_args,
+        )
+        .into());
+    }
     let opts = args.tap.options().attach_existing(args.attach_existing);
     let link_opts = LinkOptions::new()
         .mtu(args.mtu)
         .mac(args.mac)
         .up(args.up)
         .mode(args.nic.mode()?);
-    let tun = args.tap.paths.tun();
     Err(launch::open_and_exec(&tun, &opts, &link_opts, &args.id, program, program_args).into())
 }
 
@@ -577,7 +665,13 @@ fn seconds(option: &str, s: f64) -> Result<std::time::Duration, CliError> {
 }
 
 fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
-    let link = LinkOptions::new().up(args.up).mode(args.nic.mode()?);
+    let helper = args
+        .helper
+        .options(&args.tap, &args.nic, &[(args.up, "--up")])?;
+    let link = match &helper {
+        Some(_) => LinkOptions::new(),
+        None => LinkOptions::new().up(args.up).mode(args.nic.mode()?),
+    };
     let opts = hotplug::HotplugOptions::new(&args.id)
         .open(args.tap.options())
         .link(link)
@@ -590,7 +684,17 @@ fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
     if let Some(r) = args.rollback_timeout {
         monitor.rollback_timeout = seconds("--rollback-timeout", r)?;
     }
-    let ifname = hotplug::add(&args.tap.paths.tun(), &monitor, &opts)?;
+    let ifname = match &helper {
+        Some(h) => hotplug::add_with_helper(
+            &args.tap.paths.tun(),
+            &monitor,
+            &opts.id,
+            h,
+            &opts.driver,
+            opts.mac,
+        )?,
+        None => hotplug::add(&args.tap.paths.tun(), &monitor, &opts)?,
+    };
     let text = if args.json {
         format!("{}\n", json!({ "ifname": ifname, "id": args.id }))
     } else {
