@@ -50,6 +50,16 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// Gives it to user and group `id` (needs root).
+    pub fn give_to(&self, id: u32) {
+        rustix::fs::chown(
+            &self.0,
+            Some(rustix::process::Uid::from_raw(id)),
+            Some(rustix::process::Gid::from_raw(id)),
+        )
+        .unwrap();
+    }
 }
 
 impl Drop for TempDir {
