@@ -38,8 +38,6 @@ pub struct Dropped {
     pub secure: bool,
     /// `CAP_NET_ADMIN` is effective.
     pub net_admin: bool,
-    /// It was setuid root and is now the caller.
-    pub was_setuid: bool,
 }
 
 /// A step of the drop that failed.
@@ -69,7 +67,9 @@ fn failed(step: &'static str, why: String) -> PrivError {
     }
 }
 
-/// `AT_SECURE` from the auxiliary vector; `None` when `/proc` cannot tell.
+/// `AT_SECURE` from the auxiliary vector; `None` when `/proc` cannot tell
+/// (a process that gained capabilities from its file cannot read its own
+/// `auxv`: the file is root's and mode 0400).
 fn at_secure() -> Option<bool> {
     const AT_SECURE: usize = 23;
     const WORD: usize = std::mem::size_of::<usize>();
@@ -145,7 +145,6 @@ pub fn drop_privileges() -> Result<Dropped, PrivError> {
     Ok(Dropped {
         secure,
         net_admin: keep == KEEP,
-        was_setuid: setuid,
     })
 }
 

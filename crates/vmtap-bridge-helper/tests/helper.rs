@@ -432,10 +432,15 @@ fn as_nobody_loader_variables_are_refused_and_root_is_not_secure() {
         return;
     }
     let installed = install(HELPER.as_ref(), Privilege::Setuid);
+    let with_cap = install(HELPER.as_ref(), Privilege::FileCapability);
     in_netns(move || {
         host();
         let etc = EtcQemu::with_acl("allow br0\n");
-        for (var, value) in [("LD_BIND_NOW", "1"), ("MALLOC_ARENA_MAX", "1")] {
+        for (var, value, installed) in [
+            ("LD_BIND_NOW", "1", &installed),
+            ("MALLOC_ARENA_MAX", "1", &installed),
+            ("LD_BIND_NOW", "1", &with_cap),
+        ] {
             let mut argv = as_nobody();
             argv.extend([
                 installed.path.display().to_string(),

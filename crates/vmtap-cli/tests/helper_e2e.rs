@@ -162,6 +162,22 @@ fn open_execs_the_program_with_the_helpers_tap() {
         assert_eq!(v["queues"], 2);
         wait_gone("tap0");
 
+        // vhost-net fds are opened by vmtap, as the caller.
+        let o = vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
+            .args(["open", "--helper"])
+            .arg(&wrapper)
+            .args(["--bridge", "br0", "--vhost", "--", "echo", "{netdev}"])
+            .output()
+            .unwrap();
+        if Path::new("/dev/vhost-net").exists() {
+            assert!(o.status.success(), "{}", stderr(&o));
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(out.contains(",vhost=on,vhostfd="), "{out}");
+        } else {
+            fails(&o, 1, "vhost-net is not available");
+        }
+        wait_gone("tap0");
+
         // The helper's refusal, on one line; nothing is left.
         let etc = EtcQemu::with_acl("allow br1\n");
         let wrapper = etc.wrapper(&[helper.to_str().unwrap()]);
