@@ -616,6 +616,38 @@ fn the_same_cases_end_as_with_debians_qemu_bridge_helper() {
             ),
         ];
         cases[2].1.file("root.conf", "allow br0\n", 0o600, 0);
+        // The parser's corners, QEMU's way.
+        for (case, acl, code) in [
+            (
+                "a tab separator, blanks, comments",
+                "# x\n\n  \tallow\tbr0\n",
+                0,
+            ),
+            ("spaces around a name", "allow   br0   \n", 0),
+            ("a keyword without argument", "allow br0\nallow\n", 1),
+            ("a tab, then a space", "allow\tbr0 \n", 1),
+            ("a comment after a rule", "allow br0 # the lab\n", 1),
+            (
+                "a missing include",
+                "include /etc/qemu/none.conf\nallow br0\n",
+                0,
+            ),
+            (
+                "an invalid include",
+                "include /etc/qemu/bad.conf\nallow br0\n",
+                0,
+            ),
+            (
+                "a deny in an include",
+                "include /etc/qemu/deny.conf\nallow br0\n",
+                1,
+            ),
+        ] {
+            let etc = EtcQemu::with_acl(acl);
+            etc.file("bad.conf", "permit all\n", 0o644, 0);
+            etc.file("deny.conf", "deny br0\n", 0o644, 0);
+            cases.push((case, etc, vec!["--use-vnet", "--fd=0", "--br=br0"], code));
+        }
         cases.extend(
             refusals()
                 .into_iter()
