@@ -160,7 +160,8 @@ impl Tun {
         }
         let vhost = open_vhosts(self, if vhost { fds.len() } else { 0 })?;
         Ok(Tap {
-            flags: info.flags & (TunFlags::TAP | TUN_FEATURES),
+            // As TUNGETIFF reports the device.
+            flags: info.flags & (TunFlags::TAP | TUN_FEATURES | TunFlags::PERSIST),
             name: info.name,
             queues: fds
                 .into_iter()

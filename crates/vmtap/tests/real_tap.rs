@@ -519,7 +519,8 @@ fn adopted_fds_are_checked_and_closed_on_any_failure() {
                 .contains(TunFlags::MULTI_QUEUE | TunFlags::VNET_HDR)
         );
         assert!(!tap.flags().contains(TunFlags::TUN_EXCL));
-        assert_eq!(tap.verify().unwrap().name, "ad0");
+        let info = tap.verify().unwrap();
+        assert_eq!((info.name.as_str(), info.flags), ("ad0", tap.flags()));
         drop(tap);
         wait_gone("ad0");
 
