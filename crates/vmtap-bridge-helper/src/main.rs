@@ -50,18 +50,10 @@ fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "vmtap-bridge-helper: {}", escape(msg));
 }
 
-/// `s` with control characters escaped, so that a message stays one line.
+/// `s` with control characters escaped, so that a message stays one line
+/// (the same escaping as the `vmtap` command's).
 pub(crate) fn escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let e: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            e
-        })
-        .collect()
+    vmtap::error::escape_controls(s)
 }
 
 /// `s` escaped and in double quotes.
