@@ -65,6 +65,10 @@ pub struct LinkState {
     pub tun: Option<TunLinkInfo>,
     /// For a bridge: whether it filters VLANs (`IFLA_BR_VLAN_FILTERING`).
     pub vlan_filtering: Option<bool>,
+    /// Its alias (`IFLA_IFALIAS`, `ip link set ... alias`), when it has one.
+    pub alias: Option<String>,
+    /// Its link group (`IFLA_GROUP`; 0 is the default group).
+    pub link_group: u32,
 }
 
 /// A route-netlink socket in the caller's network namespace.
@@ -129,6 +133,8 @@ fn parse_link(msg: &LinkMessage) -> LinkState {
             }
             LinkAttribute::Controller(c) => st.master = Some(*c),
             LinkAttribute::Carrier(c) => st.carrier = *c != 0,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => st.alias = Some(a.clone()),
+            LinkAttribute::Group(g) => st.link_group = *g,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -254,6 +260,61 @@ impl Netlink {
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Every link of the network namespace (one `RTM_GETLINK` dump), in the
+    /// kernel's order.
+    pub fn links(&mut self) -> io::Result<Vec<LinkState>> {
+        let replies = self.request_flags(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(m) => Some(parse_link(m)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Sets attributes of the link with this index (`RTM_SETLINK`).
+    fn set_link(&mut self, index: u32, attr: LinkAttribute) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(attr);
+        self.request(RouteNetlinkMessage::SetLink(msg)).map(|_| ())
+    }
+
+    /// Sets the alias of the link with this index (`ip link set dev X alias
+    /// TEXT`; an empty text removes it).
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> io::Result<()> {
+        self.set_link(index, LinkAttribute::IfAlias(alias.to_string()))
+    }
+
+    /// Sets the alias of the link named `ifname` (the kernel looks the name
+    /// up: one request).
+    pub fn set_alias_by_name(&mut self, ifname: &str, alias: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(ifname.to_string()));
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(msg)).map(|_| ())
+    }
+
+    /// Puts the link with this index in link group `group`.
+    pub fn set_group(&mut self, index: u32, group: u32) -> io::Result<()> {
+        self.set_link(index, LinkAttribute::Group(group))
+    }
+
+    /// Deletes every link of link group `group` at once (`ip link delete
+    /// group G`: one `RTM_DELLINK`, one batch for the kernel). `ENODEV`
+    /// when the group has no link; the kernel refuses group 0 (`EPERM`).
+    pub fn delete_group(&mut self, group: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(group));
+        self.request(RouteNetlinkMessage::DelLink(msg)).map(|_| ())
     }
 
     /// Deletes the link with this index (`RTM_DELLINK` by index, so a link

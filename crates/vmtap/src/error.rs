@@ -413,6 +413,45 @@ pub enum Error {
     /// A set of fds does not form one device with consistent flags.
     #[error("the fds do not belong to one tap with consistent flags: {0}")]
     InconsistentQueues(QueueProblem),
+    /// An ownership tag broke the rules (1 to 64 bytes of letters, digits,
+    /// `.`, `_`, `-`, `:`, `@`, `+`).
+    #[error("invalid tag {0:?}: 1 to 64 characters from A-Z a-z 0-9 . _ - : @ +")]
+    InvalidTag(String),
+    /// No process with this pid (for a tap's owner).
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+    /// A process's start time could not be read from `/proc`.
+    #[error("cannot read the start time of pid {pid} from /proc/{pid}/stat")]
+    ProcessInfo {
+        /// The pid.
+        pid: u32,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Recording the owner in the tap's alias failed.
+    #[error("cannot record the owner of \"{ifname}\" in its alias")]
+    Tagging {
+        /// The tap.
+        ifname: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A tap `vmtap gc` found was no longer garbage when it came to delete
+    /// it (its owner or a user came back): left alone.
+    #[error("\"{0}\" is no longer garbage (it has an owner or a user again): left alone")]
+    NotGarbage(String),
+    /// A bulk delete failed as a whole (listing the links, or the kernel's
+    /// delete of the group); the taps it names are left as they were.
+    #[error("deleting the taps at once failed while {step}")]
+    BulkDelete {
+        /// What was being done.
+        step: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl Error {
@@ -427,6 +466,8 @@ impl Error {
                 | Self::AttachNeedsName
                 | Self::NoSuchOwner { .. }
                 | Self::InvalidOwnerId { .. }
+                | Self::InvalidTag(_)
+                | Self::NoSuchProcess(_)
         )
     }
 
@@ -438,6 +479,9 @@ impl Error {
             | Self::Bind { source, .. }
             | Self::Ioctl { source, .. }
             | Self::Netlink { source, .. }
+            | Self::Tagging { source, .. }
+            | Self::BulkDelete { source, .. }
+            | Self::ProcessInfo { source, .. }
             | Self::NotATapFd { source, .. } => source.raw_os_error(),
             _ => None,
         }

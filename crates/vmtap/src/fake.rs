@@ -66,6 +66,14 @@ pub enum Op {
     VhostGetFeatures,
     /// `char_device`.
     CharDevice,
+    /// `links`.
+    Links,
+    /// `set_link_alias`.
+    SetAlias,
+    /// `set_link_groups` (one call per index).
+    SetGroupOf,
+    /// `delete_link_group`.
+    DeleteGroup,
 }
 
 /// One recorded call: the operation and a short description of its argument.
@@ -92,6 +100,10 @@ pub struct FakeDevice {
     pub offloads: Offloads,
     /// The user turned the carrier off (`IFF_NO_CARRIER`/`TUNSETCARRIER`).
     pub carrier_off: bool,
+    /// The link's alias, if set.
+    pub alias: Option<String>,
+    /// The link's group (0: the default).
+    pub link_group: u32,
     index: u32,
     mac: [u8; 6],
     queues: Vec<u64>,
@@ -130,7 +142,7 @@ struct State {
     features: Option<u32>,
     features_arg_seen: Vec<u32>,
     devices: BTreeMap<String, FakeDevice>,
-    others: BTreeMap<String, u32>,
+    others: BTreeMap<String, (u32, u32)>,
     next_index: u32,
     sysfs_hidden: bool,
     vhost_net: BTreeSet<PathBuf>,
@@ -193,7 +205,19 @@ impl FakeKernel {
     pub fn add_other_interface(&self, name: &str) {
         let mut st = self.lock();
         let index = st.new_index();
-        st.others.insert(name.to_string(), index);
+        st.others.insert(name.to_string(), (index, 0));
+    }
+
+    /// Adds a non-tap interface named `name` in link group `group`.
+    pub fn add_other_interface_in_group(&self, name: &str, group: u32) {
+        let mut st = self.lock();
+        let index = st.new_index();
+        st.others.insert(name.to_string(), (index, group));
+    }
+
+    /// The non-tap interfaces that exist now, by name.
+    pub fn other_interfaces(&self) -> Vec<String> {
+        self.lock().others.keys().cloned().collect()
     }
 
     /// Adds an existing tap device, with no fds bound.
@@ -359,6 +383,53 @@ impl State {
             .map(|i| template.replacen("%d", &i.to_string(), 1))
             .find(|n| !self.exists(n))
             .ok_or_else(|| errno(libc::ENFILE))
+    }
+}
+
+impl State {
+    fn link(&self, name: &str) -> Option<LinkState> {
+        let st = self;
+        if let Some(&(index, link_group)) = st.others.get(name) {
+            return Some(LinkState {
+                index,
+                name: name.to_string(),
+                kind: Some("veth".into()),
+                link_group,
+                ..LinkState::default()
+            });
+        }
+        let dev = st.devices.get(name)?;
+        let detached = dev
+            .queues
+            .iter()
+            .filter(|q| st.fds.get(q).is_some_and(|f| f.detached))
+            .count() as u32;
+        let bound = dev.queues.len() as u32;
+        let mq = dev.flags.contains(TunFlags::MULTI_QUEUE);
+        Some(LinkState {
+            index: dev.index,
+            alias: dev.alias.clone(),
+            link_group: dev.link_group,
+            name: name.to_string(),
+            mtu: Some(1500),
+            mac: Some(dev.mac),
+            carrier: bound > 0 && !dev.carrier_off,
+            kind: Some("tun".into()),
+            tun: Some(TunLinkInfo {
+                owner: dev.owner,
+                group: dev.group,
+                tap: dev.flags.contains(TunFlags::TAP),
+                pi: !dev.flags.contains(TunFlags::NO_PI),
+                vnet_hdr: dev.flags.contains(TunFlags::VNET_HDR),
+                persist: dev.persist,
+                multi_queue: mq,
+                // As tun.c: the queue counts are reported for multi-queue
+                // devices only.
+                queues: if mq { bound - detached } else { 0 },
+                disabled_queues: if mq { detached } else { 0 },
+            }),
+            ..LinkState::default()
+        })
     }
 }
 
@@ -550,46 +621,86 @@ impl Syscalls for FakeKernel {
 
     fn link_state(&self, name: &str) -> io::Result<Option<LinkState>> {
         let st = self.enter(Op::LinkState, name.to_string())?;
-        if let Some(&index) = st.others.get(name) {
-            return Ok(Some(LinkState {
-                index,
-                name: name.to_string(),
-                kind: Some("veth".into()),
-                ..LinkState::default()
-            }));
+        Ok(st.link(name))
+    }
+
+    fn links(&self) -> io::Result<Vec<LinkState>> {
+        let st = self.enter(Op::Links, String::new())?;
+        let mut all: Vec<LinkState> = st
+            .others
+            .keys()
+            .chain(st.devices.keys())
+            .filter_map(|n| st.link(n))
+            .collect();
+        all.sort_by_key(|l| l.index);
+        Ok(all)
+    }
+
+    fn set_link_alias(&self, ifname: &str, alias: &str) -> io::Result<()> {
+        let mut st = self.enter(Op::SetAlias, format!("{ifname} {alias}"))?;
+        let dev = st
+            .devices
+            .get_mut(ifname)
+            .ok_or_else(|| errno(libc::ENODEV))?;
+        dev.alias = (!alias.is_empty()).then(|| alias.to_string());
+        Ok(())
+    }
+
+    fn set_link_groups(&self, indices: &[u32], group: u32) -> io::Result<Vec<io::Result<()>>> {
+        let mut results = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let r = self
+                .enter(Op::SetGroupOf, format!("{index} {group}"))
+                .and_then(|mut st| {
+                    if let Some(o) = st.others.values_mut().find(|o| o.0 == index) {
+                        o.1 = group;
+                        return Ok(());
+                    }
+                    let dev = st
+                        .devices
+                        .values_mut()
+                        .find(|d| d.index == index)
+                        .ok_or_else(|| errno(libc::ENODEV))?;
+                    dev.link_group = group;
+                    Ok(())
+                });
+            results.push(r);
         }
-        let Some(dev) = st.devices.get(name) else {
-            return Ok(None);
-        };
-        let detached = dev
-            .queues
+        Ok(results)
+    }
+
+    fn delete_link_group(&self, group: u32) -> io::Result<()> {
+        let mut st = self.enter(Op::DeleteGroup, group.to_string())?;
+        if group == 0 {
+            return Err(errno(libc::EPERM));
+        }
+        let names: Vec<String> = st
+            .devices
             .iter()
-            .filter(|q| st.fds.get(q).is_some_and(|f| f.detached))
-            .count() as u32;
-        let bound = dev.queues.len() as u32;
-        let mq = dev.flags.contains(TunFlags::MULTI_QUEUE);
-        Ok(Some(LinkState {
-            index: dev.index,
-            name: name.to_string(),
-            mtu: Some(1500),
-            mac: Some(dev.mac),
-            carrier: bound > 0 && !dev.carrier_off,
-            kind: Some("tun".into()),
-            tun: Some(TunLinkInfo {
-                owner: dev.owner,
-                group: dev.group,
-                tap: dev.flags.contains(TunFlags::TAP),
-                pi: !dev.flags.contains(TunFlags::NO_PI),
-                vnet_hdr: dev.flags.contains(TunFlags::VNET_HDR),
-                persist: dev.persist,
-                multi_queue: mq,
-                // As tun.c: the queue counts are reported for multi-queue
-                // devices only.
-                queues: if mq { bound - detached } else { 0 },
-                disabled_queues: if mq { detached } else { 0 },
-            }),
-            ..LinkState::default()
-        }))
+            .filter(|(_, d)| d.link_group == group)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let others: Vec<String> = st
+            .others
+            .iter()
+            .filter(|(_, o)| o.1 == group)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if names.is_empty() && others.is_empty() {
+            return Err(errno(libc::ENODEV));
+        }
+        for name in others {
+            st.others.remove(&name);
+        }
+        for name in names {
+            let dev = st.devices.remove(&name).expect("listed above");
+            for q in dev.queues {
+                if let Some(f) = st.fds.get_mut(&q) {
+                    f.bound = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn exact_tun_flags(&self, link: &LinkState) -> Option<TunFlags> {
@@ -608,7 +719,7 @@ impl Syscalls for FakeKernel {
         if let Some(name) = st
             .others
             .iter()
-            .find(|(_, i)| **i == index)
+            .find(|(_, i)| i.0 == index)
             .map(|(n, _)| n.clone())
         {
             st.others.remove(&name);

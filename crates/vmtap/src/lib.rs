@@ -29,11 +29,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bulk;
 pub mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod names;
 pub mod open;
+pub mod owner;
 pub mod syscalls;
 pub mod tap;
 pub mod tun;
@@ -49,12 +51,14 @@ pub mod sys {
     };
 }
 
+pub use bulk::{Outcomes, TaggedTap};
 pub use error::{Action, Difference, Error, NameProblem, QueueProblem, Result, VhostProblem};
 pub use names::{DevicePaths, MAX_QUEUES, TUN_PATH, VHOST_NET_PATH, validate_name};
 pub use open::{
     FeatureReport, Features, OpenOptions, VnetHdr, open_tap, probe_multi_queue, probe_vnet_hdr,
     tun_features,
 };
+pub use owner::{Owner, Ownership};
 pub use syscalls::{Kernel, Syscalls};
 pub use tap::{
     FdStatus, PersistentOptions, Tap, TapInfo, TapQueue, TapStatus, TapSummary, owner_gid,

@@ -7,8 +7,11 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use crate::error::{Action, BindMode, Difference, Error, Result, VhostProblem, explain_open};
-use crate::names::{MAX_QUEUES, validate_name};
+use crate::error::{
+    Action, BindMode, Difference, Error, Result, VhostProblem, explain_bind, explain_open,
+};
+use crate::names::{self, MAX_QUEUES, validate_name};
+use crate::owner::Ownership;
 use crate::syscalls::Syscalls;
 use crate::tap::{Tap, TapQueue, TapStatus, bind, lookup_link, open_tun, tap_flags, wait_unused};
 use crate::tun::Tun;
@@ -179,7 +182,7 @@ impl Tun {
         opts.validate()?;
         match opts.name.as_deref() {
             Some(name) if opts.attach_existing => attach(self, opts, name),
-            name => create(self, opts, name.unwrap_or("")),
+            name => create(self, opts, name),
         }
     }
 }
@@ -235,7 +238,8 @@ impl Default for Features {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OpenOptions {
-    /// Interface name or `%d` template; `None` lets the kernel pick `tapN`.
+    /// Interface name or `%d` template (the kernel numbers it); `None`:
+    /// vmtap picks a free `tapN` (see [`crate::names::next_auto_name`]).
     pub name: Option<String>,
     /// Features.
     pub features: Features,
@@ -243,10 +247,14 @@ pub struct OpenOptions {
     /// refusing it; its flags are then checked against `features` and never
     /// changed.
     pub attach_existing: bool,
+    /// Record who owns the tap in its alias (see [`crate::owner`]); only
+    /// for a tap this call creates.
+    pub ownership: Option<Ownership>,
 }
 
 impl OpenOptions {
-    /// Default options: kernel-chosen name, 1 queue, vnet_hdr auto, no vhost.
+    /// Default options: a name vmtap picks, 1 queue, vnet_hdr auto, no
+    /// vhost, no ownership recorded.
     pub fn new() -> Self {
         Self::default()
     }
@@ -273,6 +281,12 @@ impl OpenOptions {
     /// Attaches to an existing tap instead of refusing it.
     pub fn attach_existing(mut self, on: bool) -> Self {
         self.attach_existing = on;
+        self
+    }
+    /// Records `ownership` in the alias of the tap created (`None`: no
+    /// alias). An attached tap is left as it is.
+    pub fn ownership(mut self, ownership: impl Into<Option<Ownership>>) -> Self {
+        self.ownership = ownership.into();
         self
     }
     /// Sets the features at once.
@@ -334,7 +348,7 @@ pub fn open_tap(name: Option<&str>, features: &Features) -> Result<Tap> {
 }
 
 /// Creates a new tap (refusing an existing interface) with N queues.
-fn create(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
+fn create(tun: &Tun, opts: &OpenOptions, name: Option<&str>) -> Result<Tap> {
     let sys = tun.sys();
     let queues = opts.features.queues;
     let first = open_tun(tun)?;
@@ -365,10 +379,13 @@ fn create(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
     // attach to queue 0's device by the name the kernel gave it.
     let flags = tap_flags(multi_queue, vnet_hdr);
     let create_flags = flags | TunFlags::TUN_EXCL;
-    let ifname = bind(sys, first.as_fd(), name, create_flags, BindMode::Create, 0)?;
+    let ifname = bind_new(sys, first.as_fd(), name, create_flags)?;
     log::debug!("queue 0 created {ifname} with {create_flags:?}");
     let mut tap_queues = Vec::with_capacity(queues);
     tap_queues.push(TapQueue::new(first, tun.clone()));
+    if let Some(own) = &opts.ownership {
+        tag_link(sys, &ifname, own)?;
+    }
     for k in 1..queues {
         let fd = open_tun(tun)?;
         bind(sys, fd.as_fd(), &ifname, flags, BindMode::AddQueue, k)?;
@@ -380,6 +397,55 @@ fn create(tun: &Tun, opts: &OpenOptions, name: &str) -> Result<Tap> {
         queues: tap_queues,
         vhost,
     })
+}
+
+/// Binds queue 0 of a new tap, refusing an existing interface
+/// (`IFF_TUN_EXCL` must be in `flags`): with `name`, or, without, with the
+/// next free name of this process's sequence ([`names::next_auto_name`]),
+/// trying another when one is taken; after [`names::AUTO_NAME_ATTEMPTS`]
+/// taken names the kernel's `tap%d` chooses.
+pub(crate) fn bind_new(
+    sys: &dyn Syscalls,
+    fd: BorrowedFd<'_>,
+    name: Option<&str>,
+    flags: TunFlags,
+) -> Result<String> {
+    if let Some(name) = name {
+        return bind(sys, fd, name, flags, BindMode::Create, 0);
+    }
+    for _ in 0..names::AUTO_NAME_ATTEMPTS {
+        let candidate = names::next_auto_name();
+        match sys.tun_set_iff(fd, &candidate, flags) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                log::debug!("{candidate} is taken, trying another name");
+                names::skip_taken_names();
+            }
+            Ok(ifname) => return Ok(ifname),
+            Err(source) => {
+                return Err(Error::Bind {
+                    mode: BindMode::Create,
+                    ifname: candidate.clone(),
+                    queue: 0,
+                    cause: explain_bind(&source, BindMode::Create, &candidate),
+                    source,
+                });
+            }
+        }
+    }
+    log::warn!(
+        "{} names vmtap chose were taken: letting the kernel choose",
+        names::AUTO_NAME_ATTEMPTS
+    );
+    bind(sys, fd, "", flags, BindMode::Create, 0)
+}
+
+/// Records `own` in the alias of the tap `ifname` this process created.
+pub(crate) fn tag_link(sys: &dyn Syscalls, ifname: &str, own: &Ownership) -> Result<()> {
+    sys.set_link_alias(ifname, &own.to_alias())
+        .map_err(|source| Error::Tagging {
+            ifname: ifname.to_string(),
+            source,
+        })
 }
 
 /// The flags a queue must bind with to attach to the (idle) tap `link`

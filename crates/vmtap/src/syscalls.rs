@@ -56,6 +56,17 @@ pub trait Syscalls: Send + Sync {
     fn exact_tun_flags(&self, link: &LinkState) -> Option<TunFlags>;
     /// Deletes the link with this index (`RTM_DELLINK`).
     fn delete_link(&self, index: u32) -> io::Result<()>;
+    /// Every link of the caller's network namespace (an `RTM_GETLINK`
+    /// dump, with the tun driver's attributes, aliases and link groups).
+    fn links(&self) -> io::Result<Vec<LinkState>>;
+    /// Sets the alias of the link named `ifname` (`RTM_SETLINK`).
+    fn set_link_alias(&self, ifname: &str, alias: &str) -> io::Result<()>;
+    /// Puts each link of `indices` in link group `group`, in order, over
+    /// one netlink socket: one result per index.
+    fn set_link_groups(&self, indices: &[u32], group: u32) -> io::Result<Vec<io::Result<()>>>;
+    /// Deletes every link of link group `group` at once (`RTM_DELLINK`
+    /// with `IFLA_GROUP`).
+    fn delete_link_group(&self, group: u32) -> io::Result<()>;
     /// `SIOCGIFHWADDR` on a bound tun fd: the device's MAC address.
     fn tun_get_hwaddr(&self, fd: BorrowedFd<'_>) -> io::Result<[u8; 6]>;
     /// Whether the device of a bound tun fd is in the caller's network
@@ -161,6 +172,19 @@ impl Syscalls for Kernel {
     }
     fn delete_link(&self, index: u32) -> io::Result<()> {
         Netlink::open()?.delete_index(index)
+    }
+    fn links(&self) -> io::Result<Vec<LinkState>> {
+        Netlink::open()?.links()
+    }
+    fn set_link_alias(&self, ifname: &str, alias: &str) -> io::Result<()> {
+        Netlink::open()?.set_alias_by_name(ifname, alias)
+    }
+    fn set_link_groups(&self, indices: &[u32], group: u32) -> io::Result<Vec<io::Result<()>>> {
+        let mut nl = Netlink::open()?;
+        Ok(indices.iter().map(|i| nl.set_group(*i, group)).collect())
+    }
+    fn delete_link_group(&self, group: u32) -> io::Result<()> {
+        Netlink::open()?.delete_group(group)
     }
     fn tun_get_hwaddr(&self, fd: BorrowedFd<'_>) -> io::Result<[u8; 6]> {
         sys::tun_get_hwaddr(fd)

@@ -9,6 +9,7 @@ use crate::error::{
     Action, BindMode, Error, QueueProblem, Result, explain_bind, explain_ioctl, explain_open,
 };
 use crate::names::validate_name;
+use crate::owner::Ownership;
 use crate::syscalls::Syscalls;
 use crate::tun::Tun;
 use vmtap_sys::rtnl::LinkState;
@@ -345,6 +346,8 @@ pub struct PersistentOptions {
     /// gid allowed to open it without `CAP_NET_ADMIN` (with an owner too,
     /// the user must match both).
     pub group: Option<u32>,
+    /// Who owns it, recorded in its alias (see [`crate::owner`]).
+    pub ownership: Option<Ownership>,
 }
 
 impl PersistentOptions {
@@ -372,6 +375,11 @@ impl PersistentOptions {
         self.group = gid.into();
         self
     }
+    /// Records who owns it in its alias (`None`: no alias).
+    pub fn ownership(mut self, ownership: impl Into<Option<Ownership>>) -> Self {
+        self.ownership = ownership.into();
+        self
+    }
 }
 
 impl Tun {
@@ -382,15 +390,33 @@ impl Tun {
     /// Refuses an existing interface. Persistence is switched on last, so a
     /// failure in between leaves nothing behind.
     pub fn create_persistent(&self, name: &str, opts: &PersistentOptions) -> Result<TapInfo> {
-        let sys = self.sys();
         validate_name(name, true)?;
+        self.create_persistent_as(Some(name), opts)
+    }
+
+    /// [`Tun::create_persistent`] under a name vmtap picks, as
+    /// [`Tun::open`] does without a name (`tapN`, at a cost that does not
+    /// grow with the number of interfaces).
+    pub fn create_persistent_auto(&self, opts: &PersistentOptions) -> Result<TapInfo> {
+        self.create_persistent_as(None, opts)
+    }
+
+    fn create_persistent_as(
+        &self,
+        name: Option<&str>,
+        opts: &PersistentOptions,
+    ) -> Result<TapInfo> {
+        let sys = self.sys();
         let fd = open_tun(self)?;
         // Without IFF_ONE_QUEUE (no effect since Linux 3.8; `ip tuntap` does
         // not set it either), so that attaching without a trusted sysfs binds
         // with exactly the tap's flags.
         let flags =
             (tap_flags(opts.multi_queue, opts.vnet_hdr) - TunFlags::ONE_QUEUE) | TunFlags::TUN_EXCL;
-        let ifname = bind(sys, fd.as_fd(), name, flags, BindMode::Create, 0)?;
+        let ifname = crate::open::bind_new(sys, fd.as_fd(), name, flags)?;
+        if let Some(own) = &opts.ownership {
+            crate::open::tag_link(sys, &ifname, own)?;
+        }
         if let Some(uid) = opts.owner {
             sys.tun_set_owner(fd.as_fd(), uid)
                 .map_err(|e| ioctl_err("TUNSETOWNER", &ifname, e))?;

@@ -186,16 +186,95 @@ fn one_queue_gets_ganeti_flags_plus_exclusive() {
 }
 
 #[test]
+fn a_taken_name_makes_vmtap_choose_another() {
+    let k = fake();
+    k.fail_op(Op::SetIff, 0, libc::EBUSY);
+    k.fail_op(Op::SetIff, 1, libc::EBUSY);
+    let tap = open(&k, &OpenOptions::new().queues(2)).unwrap();
+    let binds: Vec<String> = k
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Op::SetIff)
+        .map(|c| c.arg.split(' ').next().unwrap_or("").to_string())
+        .collect();
+    // Two taken names, then the one that worked, then queue 1 by that name.
+    assert_eq!(binds.len(), 4, "{binds:?}");
+    assert_eq!(binds[2], tap.name());
+    assert_eq!(binds[3], tap.name());
+    assert!(
+        binds[..2]
+            .iter()
+            .all(|b| b.starts_with("tap") && b != tap.name())
+    );
+    assert_eq!(k.devices().len(), 1);
+}
+
+#[test]
+fn when_every_chosen_name_is_taken_the_kernel_chooses() {
+    let k = fake();
+    for i in 0..vmtap_sys_attempts() {
+        k.fail_op(Op::SetIff, i, libc::EBUSY);
+    }
+    let tap = open(&k, &OpenOptions::new()).unwrap();
+    let last = k.calls().into_iter().rfind(|c| c.op == Op::SetIff).unwrap();
+    // The kernel's template: the fake, like the kernel, gives tap0 first.
+    assert!(last.arg.starts_with(" "), "{last:?}");
+    assert_eq!(tap.name(), "tap0");
+}
+
+fn vmtap_sys_attempts() -> usize {
+    crate::names::AUTO_NAME_ATTEMPTS
+}
+
+#[test]
+fn another_error_on_a_chosen_name_is_not_retried() {
+    let k = fake();
+    k.fail_op(Op::SetIff, 0, libc::EPERM);
+    let err = open(&k, &OpenOptions::new()).unwrap_err();
+    let binds = k.calls().iter().filter(|c| c.op == Op::SetIff).count();
+    assert_eq!(binds, 1);
+    assert!(err.to_string().contains("\"tap"), "{err}");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    assert_eq!(k.open_fds(), 0);
+    assert!(k.devices().is_empty());
+}
+
+#[test]
+fn ownership_goes_in_the_alias_of_a_created_tap_only() {
+    let k = fake();
+    let own = crate::owner::Ownership::new()
+        .owner(crate::owner::Owner {
+            pid: 7,
+            start_time: 9,
+        })
+        .tag("vm1".to_string())
+        .unwrap();
+    let tap = open(&k, &OpenOptions::new().ownership(own.clone())).unwrap();
+    assert_eq!(
+        k.devices()[tap.name()].alias.as_deref(),
+        Some("vmtap pid=7 start=9 tag=vm1")
+    );
+    // A failure to tag leaves nothing.
+    let k = fake();
+    k.fail_op(Op::SetAlias, 0, libc::EPERM);
+    let err = open(&k, &OpenOptions::new().queues(2).ownership(own)).unwrap_err();
+    assert!(err.to_string().contains("cannot record the owner"), "{err}");
+    assert_eq!(k.open_fds(), 0);
+    assert!(k.devices().is_empty());
+}
+
+#[test]
 fn no_name_gives_one_device_with_all_queues() {
     for n in [1, 2, 8, 256] {
         let k = fake();
         k.add_device("tap0", FakeDevice::default());
         let tap = open(&k, &OpenOptions::new().queues(n)).unwrap();
-        // tap0 is taken (by a persistent-less leftover): the kernel picks tap1.
-        assert_eq!(tap.name(), "tap1");
+        // vmtap picks a free tapN itself.
+        let name = tap.name().to_string();
+        assert!(name.starts_with("tap") && name[3..].parse::<u32>().is_ok() && name != "tap0");
         assert_eq!(tap.queues().len(), n);
         let devs = k.devices();
-        assert_eq!(devs["tap1"].queue_fds(), n, "one device with {n} queues");
+        assert_eq!(devs[&name].queue_fds(), n, "one device with {n} queues");
         assert_eq!(devs.len(), 2);
         // Every queue after the first attached by the chosen name.
         let names: Vec<_> = k
@@ -204,13 +283,14 @@ fn no_name_gives_one_device_with_all_queues() {
             .filter(|c| c.op == Op::SetIff)
             .map(|c| c.arg.split(' ').next().unwrap().to_string())
             .collect();
-        assert_eq!(names[0], "");
-        assert!(names[1..].iter().all(|n| n == "tap1"));
+        // Queue 0 binds the chosen name (not the kernel's template), and
+        // every later queue the same.
+        assert!(names.iter().all(|n| *n == name), "{names:?}");
         if n > 1 {
             assert!(tap.flags().contains(TunFlags::MULTI_QUEUE));
             assert!(!tap.flags().contains(TunFlags::ONE_QUEUE));
         }
-        assert_eq!(tap.verify().unwrap().name, "tap1");
+        assert_eq!(tap.verify().unwrap().name, name);
     }
 }
 
@@ -277,7 +357,8 @@ fn vhost_opens_one_fd_per_queue_from_the_given_path() {
         .collect();
     assert_eq!(opened.iter().filter(|p| *p == "/x/vhost").count(), 3);
     let (name, taps, vhost) = tap.into_parts();
-    assert_eq!((name.as_str(), taps.len(), vhost.len()), ("tap0", 3, 3));
+    assert!(name.starts_with("tap"));
+    assert_eq!((taps.len(), vhost.len()), (3, 3));
 }
 
 #[test]
@@ -425,8 +506,16 @@ fn a_failure_at_any_step_leaves_nothing_behind() {
                 let result = open(&k, &opts);
                 let op = k.calls()[step].op;
                 match &result {
-                    // Only a failed feature probe may be survived (it
-                    // degrades to "unsupported").
+                    // A name vmtap chose that is taken: it chose another.
+                    Ok(tap)
+                        if op == Op::SetIff
+                            && errno == libc::EBUSY
+                            && k.calls().iter().position(|c| c.op == Op::SetIff) == Some(step) =>
+                    {
+                        assert!(!k.calls()[step].arg.starts_with(&format!("{} ", tap.name())));
+                    }
+                    // Otherwise only a failed feature probe may be survived
+                    // (it degrades to "unsupported").
                     Ok(tap) => {
                         assert_eq!(op, Op::GetFeatures);
                         assert_eq!(queues, 1);
@@ -455,7 +544,11 @@ fn check_queues_refuses_mixed_devices() {
     let b = open(&k, &OpenOptions::new().queues(2)).unwrap();
     let fds = [a.queues()[0].as_fd(), b.queues()[1].as_fd()];
     let err = ktun(&k).check_queues(&fds).unwrap_err();
-    assert!(err.to_string().contains("is bound to \"tap0\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("is bound to \"{}\"", a.name())),
+        "{err}"
+    );
     let single = open(&k, &OpenOptions::new()).unwrap();
     let unbound = k.open_device(Path::new(TUN_PATH)).unwrap();
     let err = ktun(&k)
