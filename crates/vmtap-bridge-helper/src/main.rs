@@ -119,16 +119,16 @@ fn run(argv: Vec<OsString>) -> Result<(), String> {
         e => message(&e),
     })?;
 
-    let mut opts = OpenOptions::new()
+    let opts = OpenOptions::new()
         .queues(args.queues)
         .vnet_hdr(if args.use_vnet {
             VnetHdr::Auto
         } else {
             VnetHdr::Off
-        });
-    if let Some(name) = &args.name {
-        opts = opts.name(name);
-    }
+        })
+        // Named as QEMU's helper names taps (the kernel's tap%d: tap0 is
+        // the lowest free), unless --name says otherwise.
+        .name(args.name.as_deref().unwrap_or("tap%d"));
     // From here on, a failure drops the tap's fds, and the tap with them.
     let tap = Tun::system().open(&opts).map_err(|e| message(&e))?;
     let changes = vmtap_net::configure(tap.name(), &link).map_err(|e| message(&e))?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use vmtap::{OpenOptions, PersistentOptions, TapSummary, Tun, VnetHdr};
+use vmtap::{OpenOptions, Owner, Ownership, PersistentOptions, TapSummary, Tun, VnetHdr};
 use vmtap_net::{self as link, LinkError, LinkOptions, MacAddr, NicMode};
 use vmtap_qemu::{hotplug, launch, qmp};
 
@@ -29,7 +29,11 @@ Examples:
   vmtap ifdown tap0
   vmtap create vm1tap --multi-queue --vnet-hdr --owner qemu
   vmtap inspect vm1tap --json
-  vmtap delete vm1tap";
+  vmtap create --owner-pid 4242 --tag vm1
+  vmtap list --json
+  vmtap gc --dry-run
+  vmtap delete vm1tap
+  vmtap delete --tag vm1";
 
 #[derive(Parser, Debug)]
 #[command(name = "vmtap", version, about = "Open TAP network backends for QEMU/KVM virtual machines", after_help = AFTER_HELP)]
@@ -60,8 +64,17 @@ enum Command {
         after_help = "Examples:\n  vmtap create vm1tap --multi-queue --vnet-hdr --owner qemu --group kvm\n  qemu-system-x86_64 ... -netdev tap,id=n0,ifname=vm1tap,script=no,downscript=no,queues=4"
     )]
     Create {
-        /// Interface name (a `%d` template lets the kernel number it).
-        name: String,
+        /// Interface name (a `%d` template lets the kernel number it;
+        /// none: vmtap picks a free tapN). The name is printed.
+        name: Option<String>,
+        /// The process the tap belongs to: `vmtap gc` deletes the tap once
+        /// that process is gone (recorded with its start time, so a reused
+        /// pid does not count).
+        #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+        owner_pid: Option<u32>,
+        /// A tag recorded in the tap's alias (`vmtap list`, `vmtap delete --tag`).
+        #[arg(long, value_name = "TAG", value_parser = parse_tag)]
+        tag: Option<String>,
         /// Multi-queue device.
         #[arg(long)]
         multi_queue: bool,
@@ -77,11 +90,41 @@ enum Command {
         #[command(flatten)]
         paths: DevicePaths,
     },
-    /// Delete a persistent tap that nobody uses (refuses anything else).
-    #[command(after_help = "Example:\n  vmtap delete vm1tap")]
+    /// Delete persistent taps that nobody uses (refuses anything else),
+    /// many at once in one batch.
+    #[command(
+        after_help = "Examples:\n  vmtap delete vm1tap\n  vmtap delete tap1 tap2 tap3 --json\n  vmtap delete --tag ci-job-42\n\nEach name is reported: an error on stderr (nothing for a success), or with\n--json one object per name. Exit status: 0 when every tap was deleted, 2\nwhen a name was invalid, else 1."
+    )]
     Delete {
-        /// Interface name.
-        name: String,
+        /// Interface names.
+        #[arg(required_unless_present = "tag")]
+        names: Vec<String>,
+        /// Also every tap vmtap tagged with TAG.
+        #[arg(long, value_name = "TAG", value_parser = parse_tag)]
+        tag: Option<String>,
+        /// Print one JSON object per name: {"ifname", "deleted", "error"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the taps vmtap tagged: owner, tag, state.
+    #[command(after_help = "Examples:\n  vmtap list\n  vmtap list --json")]
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the persistent taps whose owner is gone and that nobody
+    /// uses, and undo what routed and openvswitch modes left for
+    /// interfaces that no longer exist. Never touches a tap vmtap did not
+    /// tag.
+    #[command(after_help = "Examples:\n  vmtap gc --dry-run\n  vmtap gc --json")]
+    Gc {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON: {"taps": [...], "leftovers": [...]}.
+        #[arg(long)]
+        json: bool,
     },
     /// Hot-plug a NIC into a running QEMU over QMP, or remove it.
     #[command(subcommand)]
@@ -351,9 +394,13 @@ impl ModeArgs {
 /// How to open the tap: shared by `open` and `hotplug add`.
 #[derive(Args, Debug)]
 struct TapArgs {
-    /// Interface name or `%d` template (default: the kernel picks tapN).
+    /// Interface name or `%d` template (default: vmtap picks a free tapN).
     #[arg(long)]
     name: Option<String>,
+    /// A tag recorded with the owner in the tap's alias (`vmtap list`,
+    /// `vmtap delete --tag`).
+    #[arg(long, value_name = "TAG", value_parser = parse_tag)]
+    tag: Option<String>,
     /// Number of queues (1 to 256).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     queues: u16,
@@ -408,6 +455,12 @@ struct OpenArgs {
     program: Vec<String>,
 }
 
+fn parse_tag(s: &str) -> Result<String, String> {
+    vmtap::owner::check_tag(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_vnet_hdr(s: &str) -> Result<VnetHdr, String> {
     s.parse().map_err(|e: vmtap::Error| e.to_string())
 }
@@ -440,6 +493,9 @@ enum CliError {
     Helper(#[from] vmtap_qemu::helper::HelperError),
     #[error("{0}")]
     Invalid(String),
+    /// Failures already reported one by one; the exit code.
+    #[error("")]
+    Reported(u8),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -454,6 +510,7 @@ impl CliError {
             Self::Core(e) if e.is_invalid_input() => 2,
             Self::Link(e) if e.is_invalid_input() => 2,
             Self::Invalid(_) => 2,
+            Self::Reported(code) => *code,
             Self::Hotplug(e) if e.is_invalid_input() => 2,
             Self::Launch(e) if e.is_invalid_input() => 2,
             Self::Helper(e) if e.is_invalid_input() => 2,
@@ -475,6 +532,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Reported(code)) => ExitCode::from(code),
         Err(e) => {
             // A closed or full stderr must not turn an error into a panic.
             let _ = writeln!(std::io::stderr(), "vmtap: {}", one_line(&e));
@@ -522,6 +580,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Open(args) => open(args),
         Command::Create {
             name,
+            owner_pid,
+            tag,
             multi_queue,
             vnet_hdr,
             owner,
@@ -532,16 +592,23 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .multi_queue(multi_queue)
                 .vnet_hdr(vnet_hdr)
                 .owner(owner.as_deref().map(vmtap::owner_uid).transpose()?)
-                .group(group.as_deref().map(vmtap::owner_gid).transpose()?);
-            let info = paths.tun().create_persistent(&name, &opts)?;
+                .group(group.as_deref().map(vmtap::owner_gid).transpose()?)
+                .ownership(
+                    Ownership::new()
+                        .owner(owner_pid.map(Owner::of_pid).transpose()?)
+                        .tag(tag)?,
+                );
+            let tun = paths.tun();
+            let info = match &name {
+                Some(name) => tun.create_persistent(name, &opts)?,
+                None => tun.create_persistent_auto(&opts)?,
+            };
             log::debug!("created persistent tap {}", info.name);
             emit(&format!("{}\n", info.name))
         }
-        Command::Delete { name } => {
-            Tun::system().delete_persistent(&name)?;
-            log::debug!("deleted {name}");
-            Ok(())
-        }
+        Command::Delete { names, tag, json } => delete(names, tag, json),
+        Command::List { json } => list(json),
+        Command::Gc { dry_run, json } => gc(dry_run, json),
         Command::Inspect { name, fd, json } => inspect(name, fd, json),
         Command::Ifup { iface } => {
             let nic = link::ganeti::from_env(link::ganeti::Action::Up, iface.as_deref(), |k| {
@@ -628,6 +695,7 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
             (args.mtu.is_some(), "--mtu"),
             (args.mac.is_some(), "--mac"),
             (args.up, "--up"),
+            (args.tap.tag.is_some(), "--tag"),
         ],
     )?;
     if let Some(helper) = helper {
@@ -640,7 +708,16 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
         )
         .into());
     }
-    let opts = args.tap.options().attach_existing(args.attach_existing);
+    // vmtap execs the program: this pid (with its start time) is QEMU's.
+    let opts = args
+        .tap
+        .options()
+        .attach_existing(args.attach_existing)
+        .ownership(
+            Ownership::new()
+                .owner(Owner::this_process()?)
+                .tag(args.tap.tag.clone())?,
+        );
     let link_opts = LinkOptions::new()
         .mtu(args.mtu)
         .mac(args.mac)
@@ -665,15 +742,22 @@ fn seconds(option: &str, s: f64) -> Result<std::time::Duration, CliError> {
 }
 
 fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
-    let helper = args
-        .helper
-        .options(&args.tap, &args.nic, &[(args.up, "--up")])?;
+    let helper = args.helper.options(
+        &args.tap,
+        &args.nic,
+        &[(args.up, "--up"), (args.tap.tag.is_some(), "--tag")],
+    )?;
     let link = match &helper {
         Some(_) => LinkOptions::new(),
         None => LinkOptions::new().up(args.up).mode(args.nic.mode()?),
     };
+    // QEMU's pid is added as the owner once connected.
     let opts = hotplug::HotplugOptions::new(&args.id)
-        .open(args.tap.options())
+        .open(
+            args.tap
+                .options()
+                .ownership(Ownership::new().tag(args.tap.tag.clone())?),
+        )
         .link(link)
         .driver(&args.driver)
         .mac(args.mac);
@@ -712,6 +796,164 @@ fn hotplug_add(args: HotplugAddArgs) -> Result<(), CliError> {
         },
         other => other,
     })
+}
+
+/// Reports per name: errors on stderr (or every name as JSON), then an
+/// exit status for the worst.
+fn report(outcomes: vmtap::Outcomes, as_json: bool, verb: &str) -> Result<(), CliError> {
+    let mut worst = 0u8;
+    let mut lines = String::new();
+    for (ifname, r) in &outcomes {
+        match r {
+            Ok(()) => {
+                log::debug!("{verb} {ifname}");
+                if as_json {
+                    lines.push_str(&format!(
+                        "{}\n",
+                        json!({ "ifname": ifname, verb: true, "error": null })
+                    ));
+                }
+            }
+            Err(e) => {
+                let msg = vmtap::error::escape_controls(&vmtap::error::full_message(e));
+                worst = worst.max(if e.is_invalid_input() { 2 } else { 1 });
+                if as_json {
+                    lines.push_str(&format!(
+                        "{}\n",
+                        json!({ "ifname": ifname, verb: false, "error": msg, "errno": e.errno() })
+                    ));
+                } else {
+                    let _ = writeln!(std::io::stderr(), "vmtap: {msg}");
+                }
+            }
+        }
+    }
+    emit(&lines)?;
+    match worst {
+        0 => Ok(()),
+        code => Err(CliError::Reported(code)),
+    }
+}
+
+fn delete(names: Vec<String>, tag: Option<String>, as_json: bool) -> Result<(), CliError> {
+    let tun = Tun::system();
+    let mut names = names;
+    if let Some(tag) = &tag {
+        names.extend(
+            tun.tagged_taps()?
+                .into_iter()
+                .filter(|t| t.ownership.tag.as_ref() == Some(tag))
+                .map(|t| t.status.name),
+        );
+    }
+    report(tun.delete_persistent_many(&names), as_json, "deleted")
+}
+
+fn tagged_json(t: &vmtap::TaggedTap) -> serde_json::Value {
+    json!({
+        "ifname": t.status.name,
+        "index": t.status.index,
+        "persistent": t.status.persistent,
+        "up": t.up,
+        "queues": t.status.queues,
+        "disabled_queues": t.status.disabled_queues,
+        "in_use": t.status.users() > 0,
+        "owner_pid": t.ownership.owner.map(|o| o.pid),
+        "owner_start_time": t.ownership.owner.map(|o| o.start_time),
+        "owner_alive": t.owner_alive,
+        "tag": t.ownership.tag,
+        "garbage": t.is_garbage(),
+    })
+}
+
+fn list(as_json: bool) -> Result<(), CliError> {
+    let taps = Tun::system().tagged_taps()?;
+    if as_json {
+        let all: Vec<_> = taps.iter().map(tagged_json).collect();
+        return emit(&format!("{}\n", serde_json::Value::Array(all)));
+    }
+    let mut text = String::from("IFNAME           STATE  PERSIST QUEUES OWNER        TAG\n");
+    for t in &taps {
+        let owner = match (t.ownership.owner, t.owner_alive) {
+            (None, _) => "-".to_string(),
+            (Some(o), Some(false)) => format!("{} (gone)", o.pid),
+            (Some(o), _) => o.pid.to_string(),
+        };
+        text.push_str(&format!(
+            "{:<16} {:<6} {:<7} {:<6} {:<12} {}\n",
+            t.status.name,
+            if t.up { "up" } else { "down" },
+            if t.status.persistent { "yes" } else { "no" },
+            t.status.users(),
+            owner,
+            t.ownership.tag.as_deref().unwrap_or("-"),
+        ));
+    }
+    emit(&text)
+}
+
+fn gc(dry_run: bool, as_json: bool) -> Result<(), CliError> {
+    let taps = Tun::system().collect_garbage(dry_run)?;
+    let stale = link::collect_stale(&link::StateDir::from_env(), dry_run)?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    let mut worst = 0u8;
+    let mut text = String::new();
+    let mut tap_json = Vec::new();
+    for (ifname, r) in &taps {
+        match r {
+            Ok(()) => text.push_str(&format!("{verb} tap {ifname}\n")),
+            Err(e) => {
+                worst = 1;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "vmtap: {}",
+                    vmtap::error::escape_controls(&vmtap::error::full_message(e))
+                );
+            }
+        }
+        tap_json.push(json!({
+            "ifname": ifname,
+            "deleted": !dry_run && r.is_ok(),
+            "error": r.as_ref().err().map(|e| vmtap::error::full_message(e)),
+        }));
+    }
+    let mut stale_json = Vec::new();
+    for s in &stale {
+        let verb = if dry_run { "would undo" } else { "undid" };
+        match &s.result {
+            Ok(()) => {
+                for l in &s.leftovers {
+                    text.push_str(&format!("{verb} {l} (of {})\n", s.ifname));
+                }
+            }
+            Err(e) => {
+                worst = 1;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "vmtap: {}: {}",
+                    s.ifname,
+                    vmtap::error::escape_controls(&vmtap::error::full_message(e))
+                );
+            }
+        }
+        stale_json.push(json!({
+            "ifname": s.ifname,
+            "leftovers": s.leftovers,
+            "undone": !dry_run && s.result.is_ok(),
+            "error": s.result.as_ref().err().map(|e| vmtap::error::full_message(e)),
+        }));
+    }
+    if as_json {
+        text = format!(
+            "{}\n",
+            json!({ "dry_run": dry_run, "taps": tap_json, "leftovers": stale_json })
+        );
+    }
+    emit(&text)?;
+    match worst {
+        0 => Ok(()),
+        code => Err(CliError::Reported(code)),
+    }
 }
 
 fn inspect(name: Option<String>, fd: Option<i32>, as_json: bool) -> Result<(), CliError> {

@@ -20,7 +20,8 @@ pub mod vlan;
 pub use bridge::PortVlan;
 pub use record::{DEFAULT_STATE_DIR, Owner, StateDir};
 pub use setup::{
-    Ifdown, LinkChanges, LinkOptions, NicMode, configure, ifdown, ifdown_nic, ifdown_owned,
+    Ifdown, LinkChanges, LinkOptions, NicMode, Stale, collect_stale, configure, ifdown, ifdown_nic,
+    ifdown_owned,
 };
 pub use vlan::{VlanError, VlanKind, VlanSpec};
 

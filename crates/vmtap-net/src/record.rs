@@ -380,6 +380,22 @@ pub(crate) fn find_owned(
     owner: &Owner,
     limit: usize,
 ) -> Result<Vec<String>, LinkError> {
+    Ok(
+        find_records(dir, limit, |r| r.owner.as_ref() == Some(owner))?
+            .into_iter()
+            .map(|(ifname, _)| ifname)
+            .collect(),
+    )
+}
+
+/// The records of this network namespace that `pred` accepts (at most
+/// `limit` files are looked at), by interface name. Unreadable records are
+/// skipped with a warning.
+pub(crate) fn find_records(
+    dir: &StateDir,
+    limit: usize,
+    pred: impl Fn(&Record) -> bool,
+) -> Result<Vec<(String, Record)>, LinkError> {
     let nics = dir.nics();
     let entries = match fs::read_dir(&nics) {
         Ok(e) => e,
@@ -401,10 +417,11 @@ pub(crate) fn find_owned(
             continue;
         };
         match read_record(&entry.path()) {
-            Ok(Some(r)) if r.owner.as_ref() == Some(owner) => found.push(ifname.to_string()),
+            Ok(Some(r)) if r.ifname == ifname && pred(&r) => found.push((ifname.to_string(), r)),
             Ok(_) => {}
             Err(e) => log::warn!("skipping a record: {e}"),
         }
     }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(found)
 }

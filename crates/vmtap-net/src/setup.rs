@@ -231,6 +231,18 @@ impl Step {
             Self::Rule { .. } | Self::RulePending { .. } | Self::OvsPort { .. }
         )
     }
+
+    /// In a few words, for a report.
+    fn describe(&self) -> String {
+        match self {
+            Self::Rule { rule } => format!("rule: {rule}"),
+            Self::RulePending { family, table } => {
+                format!("rule: {family} iif ... lookup {table} (maybe added)")
+            }
+            Self::OvsPort { bridge } => format!("ovs port on {bridge}"),
+            other => format!("{other:?}"),
+        }
+    }
 }
 
 /// Options of [`configure`]: what to do to the host side of a tap. Build
@@ -1096,6 +1108,58 @@ fn ifdown_if(
     journal.record = Some(left);
     journal.save()?;
     Err(failed.into_iter().next().expect("not empty").1)
+}
+
+/// A NIC whose interface is gone but whose set-up left changes behind
+/// (routing rules `iif TAP`, an Open vSwitch port): found by
+/// [`collect_stale`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Stale {
+    /// The interface the record is about.
+    pub ifname: String,
+    /// The changes on record that outlive the interface, described
+    /// (`rule: iif tap3 lookup 100`...).
+    pub leftovers: Vec<String>,
+    /// What undoing them gave (`Ok` too for a dry run).
+    pub result: Result<(), LinkError>,
+}
+
+/// Finds the records of this network namespace whose interface no longer
+/// exists (no link with the recorded index) and, unless `dry_run`, undoes
+/// what they left behind (the rules of routed mode, an OVS port), as
+/// [`ifdown`] does. A record whose interface still exists is never
+/// touched; each is checked again under its lock.
+pub fn collect_stale(dir: &StateDir, dry_run: bool) -> Result<Vec<Stale>, LinkError> {
+    const LIMIT: usize = 1 << 20;
+    let mut nl = Rtnl::open_for("the records' interfaces")?;
+    let mut gone = |r: &Record| -> bool { matches!(nl.link_by_index(r.index), Ok(None)) };
+    let records =
+        crate::record::find_records(dir, LIMIT, |r| r.steps.iter().any(Step::outlives_link))?;
+    let mut out = Vec::new();
+    for (ifname, record) in records {
+        if !gone(&record) {
+            continue;
+        }
+        let leftovers = record
+            .steps
+            .iter()
+            .filter(|s| s.outlives_link())
+            .map(Step::describe)
+            .collect();
+        let result = if dry_run {
+            Ok(())
+        } else {
+            let index = record.index;
+            ifdown_if(&ifname, dir, |r| r.index == index && gone(r)).map(drop)
+        };
+        out.push(Stale {
+            ifname,
+            leftovers,
+            result,
+        });
+    }
+    Ok(out)
 }
 
 /// Undoes the records that `owner` (a hot-plug) made in this network

@@ -554,6 +554,25 @@ pub fn presence(qmp: &mut Qmp, id: &str) -> Result<Presence, QmpError> {
     Ok(p)
 }
 
+/// `open` with QEMU (the process at the other end of the QMP socket) as
+/// the owner recorded on the tap, unless the caller chose one; the tag the
+/// caller gave is kept. Without a pid (the kernel always has one for a
+/// Unix socket) no owner is recorded.
+fn with_qemu_as_owner(open: &OpenOptions, qmp: &Qmp) -> OpenOptions {
+    let mut own = open.ownership.clone().unwrap_or_default();
+    if own.owner.is_none() {
+        let owner = qmp
+            .peer_pid()
+            .map_err(|e| e.to_string())
+            .and_then(|pid| vmtap::Owner::of_pid(pid).map_err(|e| e.to_string()));
+        match owner {
+            Ok(owner) => own.owner = Some(owner),
+            Err(e) => log::warn!("cannot tell QEMU's pid to record it as the tap's owner: {e}"),
+        }
+    }
+    open.clone().ownership(own)
+}
+
 /// Hot-adds a NIC: connects, checks that `opts.id` is free in QEMU, opens
 /// the tap, sets up its host side, then plugs it (see [`plug`]). Returns
 /// the host interface name. On failure our fds are closed, link settings
@@ -572,7 +591,7 @@ pub fn add(tun: &Tun, mon: &Monitor, opts: &HotplugOptions) -> Result<String, Ho
         .connect()
         .map_err(|e| HotplugError::step(Op::Add, id, Step::Connect, e))?;
     ensure_free(&mut qmp, id)?;
-    let tap = tun.open(&opts.open)?;
+    let tap = tun.open(&with_qemu_as_owner(&opts.open, &qmp))?;
     // A failed step undoes the ones before it inside configure(). A mode's
     // record names this NIC, so that `del` finds it.
     let mut link_opts = opts.link.clone();

@@ -792,6 +792,15 @@ impl std::fmt::Debug for Qmp {
 }
 
 impl Qmp {
+    /// The pid of the process at the other end (QEMU), as the kernel
+    /// tells it (`SO_PEERCRED`): the owner `hotplug add` records on the
+    /// tap it plugs.
+    pub fn peer_pid(&self) -> std::io::Result<u32> {
+        let cred = rustix::net::sockopt::socket_peercred(&self.sock)?;
+        u32::try_from(cred.pid.as_raw_nonzero().get())
+            .map_err(|_| std::io::Error::other("negative pid"))
+    }
+
     /// Connects to QEMU's QMP unix socket, reads the greeting and enters
     /// command mode (`qmp_capabilities`), with default [`Limits`]. The
     /// connection's deadline is `timeout` from now: it bounds this and

@@ -33,9 +33,11 @@ const SLACK: Duration = Duration::from_secs(2);
 /// A timeout for exchanges that are expected to complete.
 const LONG: Duration = Duration::from_secs(10);
 
+/// A NIC on tap0 (named, so that messages are known; the names vmtap
+/// picks are tested in `add_picks_a_name_and_records_qemu_as_the_owner`).
 fn opts(queues: usize, vhost: bool) -> HotplugOptions {
     HotplugOptions::new("nic1")
-        .open(OpenOptions::new().queues(queues).vhost(vhost))
+        .open(OpenOptions::new().name("tap0").queues(queues).vhost(vhost))
         .mac("52:54:00:12:34:56".parse::<vmtap_net::MacAddr>().unwrap())
 }
 
@@ -367,6 +369,29 @@ fn connect_says_what_is_wrong_with_the_path() {
 }
 
 // --- Hot-plug ---
+
+#[test]
+fn add_picks_a_name_and_records_qemu_as_the_owner() {
+    let k = Arc::new(FakeKernel::new());
+    let q = FakeQemu::normal();
+    let mon = monitor(&q, LONG);
+    let o = HotplugOptions::new("nic1").open(
+        OpenOptions::new()
+            .queues(2)
+            .ownership(vmtap::Ownership::new().tag("vm7".to_string()).unwrap()),
+    );
+    let ifname = add(&kt(&k), &mon, &o).unwrap();
+    assert!(ifname.starts_with("tap") && ifname != "tap0", "{ifname}");
+    // The fake QEMU is this process: its pid and start time, and the tag.
+    let me = vmtap::Owner::this_process().unwrap();
+    assert_eq!(
+        k.devices()[&ifname].alias.as_deref(),
+        Some(format!("vmtap pid={} start={} tag=vm7", me.pid, me.start_time).as_str())
+    );
+    del(&mon, "nic1").unwrap();
+    q.finish();
+    assert!(k.devices().is_empty());
+}
 
 #[test]
 fn add_sends_ganeti_sequence_and_del_waits_for_the_device() {

@@ -270,7 +270,7 @@ fn hotplug_add_against_a_hostile_monitor_stays_bounded() {
     let path = q.path.clone();
     let (err, bytes) = peak(move || {
         let k = Arc::new(FakeKernel::new());
-        let opts = HotplugOptions::new("nic1").open(OpenOptions::new().queues(2));
+        let opts = HotplugOptions::new("nic1").open(OpenOptions::new().name("tap0").queues(2));
         hotplug::add(&kt(&k), &Monitor::new(path, LONG), &opts).unwrap_err()
     });
     let b = bound(Limits::default());
