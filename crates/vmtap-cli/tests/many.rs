@@ -312,3 +312,96 @@ fn names_stay_unique_under_sixteen_racing_processes() {
         assert_eq!(links(), before);
     });
 }
+
+/// The `iif` rules of both families, as `ip rule` prints them.
+fn iif_rules() -> Vec<String> {
+    let mut all = Vec::new();
+    for family in ["-4", "-6"] {
+        let out = run("ip", &[family, "rule", "show"]).unwrap_or_default();
+        all.extend(
+            out.lines()
+                .filter(|l| l.contains(" iif "))
+                .map(|l| format!("{family} {}", l.trim())),
+        );
+    }
+    all
+}
+
+#[test]
+fn gc_undoes_what_routed_mode_left_for_gone_taps_and_nothing_else() {
+    in_netns(|| {
+        ip(&["link", "set", "lo", "up"]);
+        // A NIC whose tap went with its program: its rule stays behind.
+        assert_success(&vmtap(&[
+            "open",
+            "--name",
+            "gr1",
+            "--mode",
+            "routed",
+            "--ip",
+            "10.98.0.2",
+            "--link",
+            "101",
+            "--",
+            "true",
+        ]));
+        wait_gone("gr1");
+        // A NIC whose tap lives on.
+        assert_success(&vmtap(&["create", "gr2"]));
+        let env = [
+            ("INTERFACE", "gr2"),
+            ("MODE", "routed"),
+            ("LINK", "102"),
+            ("IP", "10.98.0.3"),
+        ];
+        let ifup = |args: &[&str]| {
+            vmtap_command_with(VMTAP, env!("CARGO_TARGET_TMPDIR"), &env)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        assert_success(&ifup(&["ifup"]));
+        // A rule vmtap never made, for an interface that does not exist.
+        ip(&["rule", "add", "iif", "ghost", "lookup", "103"]);
+        let before = iif_rules();
+        assert!(before.iter().any(|r| r.contains("iif gr1 ")), "{before:?}");
+        assert!(before.iter().any(|r| r.contains("iif gr2 ")), "{before:?}");
+
+        let dry = json(&vmtap(&["gc", "--dry-run", "--json"]));
+        let left = dry["leftovers"].as_array().unwrap();
+        assert_eq!(left.len(), 1, "{dry}");
+        assert_eq!(left[0]["ifname"], "gr1");
+        assert!(
+            left[0]["leftovers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l.as_str().unwrap().contains("lookup 101")),
+            "{dry}"
+        );
+        assert_eq!(iif_rules(), before, "a dry run changes nothing");
+
+        let o = vmtap(&["gc"]);
+        assert_success(&o);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("(of gr1)"),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let after = iif_rules();
+        let expected: Vec<String> = before
+            .iter()
+            .filter(|r| !r.contains("iif gr1 "))
+            .cloned()
+            .collect();
+        assert_eq!(after, expected);
+        assert!(after.iter().any(|r| r.contains("iif ghost ")));
+        // Nothing left to do the second time.
+        let again = json(&vmtap(&["gc", "--json"]));
+        assert_eq!(again["leftovers"].as_array().unwrap().len(), 0, "{again}");
+        assert_success(&ifup(&["ifdown"]));
+        assert_success(&vmtap(&["delete", "gr2"]));
+        ip(&["rule", "del", "iif", "ghost", "lookup", "103"]);
+        assert_eq!(iif_rules(), Vec::<String>::new());
+    });
+}
