@@ -321,9 +321,11 @@ impl OpenOptions {
 /// vhost, one vhost-net fd per queue.
 ///
 /// Ganeti: `OpenTap(name, features)`. Differences:
-/// - the name is checked first, and `None` (Ganeti's `""`) lets the kernel
-///   pick a name for the first queue, to which every later queue attaches:
-///   one device with N queues, never N devices (Ganeti issue #1268);
+/// - the name is checked first, and `None` (Ganeti's `""`) lets vmtap
+///   pick a free `tapN` for the first queue (at a cost that does not grow
+///   with the number of interfaces, unlike the kernel's `tap%d`), to which
+///   every later queue attaches: one device with N queues, never N devices
+///   (Ganeti issue #1268);
 /// - by default an existing interface is refused (`IFF_TUN_EXCL`), so two
 ///   VMs never share a tap; see [`OpenOptions::attach_existing`];
 /// - several queues on a kernel without `IFF_MULTI_QUEUE` is an error, not

@@ -54,8 +54,8 @@ def open_tap(
 ) -> Tap:
     """Opens a tap for QEMU: one fd per queue on one device.
 
-    ``name`` is the interface name or a ``%d`` template; ``None`` lets the
-    kernel pick ``tapN``. An existing interface of that name is refused
+    ``name`` is the interface name or a ``%d`` template; ``None`` lets
+    vmtap pick a free ``tapN``. An existing interface of that name is refused
     (``IFF_TUN_EXCL``) unless ``attach_existing``: then it must be a
     persistent tap that nobody uses, whose settings must match, and it is
     not changed. ``queues`` is 1 to 256 (several need the kernel's
