@@ -546,27 +546,45 @@ fn resolve(
     }
 }
 
-/// Creates a persistent tap; returns its name.
+/// Creates a persistent tap (vmtap picks the name when `name` is None);
+/// returns its name.
 #[pyfunction]
-#[pyo3(signature = (name, *, multi_queue=false, vnet_hdr=false, owner=None, group=None))]
+#[pyo3(signature = (name=None, *, multi_queue=false, vnet_hdr=false, owner=None, group=None, owner_pid=None, tag=None))]
+#[allow(clippy::too_many_arguments)]
 fn create_persistent(
     py: Python<'_>,
-    name: String,
+    name: Option<String>,
     multi_queue: bool,
     vnet_hdr: bool,
     owner: Option<Bound<'_, PyAny>>,
     group: Option<Bound<'_, PyAny>>,
+    owner_pid: Option<Bound<'_, PyAny>>,
+    tag: Option<String>,
 ) -> PyResult<String> {
-    vmtap::validate_name(&name, true).map_err(|e| core_error(py, e))?;
+    if let Some(name) = &name {
+        vmtap::validate_name(name, true).map_err(|e| core_error(py, e))?;
+    }
     let owner = principal(py, owner.as_ref(), "owner")?;
     let group = principal(py, group.as_ref(), "group")?;
+    let owner_pid = owner_pid
+        .map(|p| int_arg(py, &p, "owner_pid", 1, i64::from(u32::MAX)))
+        .transpose()?
+        .map(|p| p as u32);
+    let ownership = vmtap::Ownership::new()
+        .tag(tag)
+        .map_err(|e| core_error(py, e))?;
     without_gil(py, || {
+        let ownership = ownership.owner(owner_pid.map(vmtap::Owner::of_pid).transpose()?);
         let opts = PersistentOptions::new()
             .multi_queue(multi_queue)
             .vnet_hdr(vnet_hdr)
             .owner(resolve(owner, vmtap::owner_uid)?)
-            .group(resolve(group, vmtap::owner_gid)?);
-        Tun::system().create_persistent(&name, &opts)
+            .group(resolve(group, vmtap::owner_gid)?)
+            .ownership(ownership);
+        match &name {
+            Some(name) => Tun::system().create_persistent(name, &opts),
+            None => Tun::system().create_persistent_auto(&opts),
+        }
     })
     .map(|info| info.name)
     .map_err(|e| core_error(py, e))
@@ -577,6 +595,62 @@ fn create_persistent(
 fn delete_persistent(py: Python<'_>, name: String) -> PyResult<()> {
     vmtap::validate_name(&name, false).map_err(|e| core_error(py, e))?;
     without_gil(py, || Tun::system().delete_persistent(&name)).map_err(|e| core_error(py, e))
+}
+
+/// Per-name outcomes as a dict: name -> None (done) or the exception.
+fn outcomes_dict<'py>(py: Python<'py>, out: vmtap::Outcomes) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, r) in out {
+        match r {
+            Ok(()) => d.set_item(name, py.None())?,
+            Err(e) => d.set_item(name, core_error(py, e).into_value(py))?,
+        }
+    }
+    Ok(d)
+}
+
+/// Deletes many persistent taps nobody uses in one batch.
+#[pyfunction]
+fn delete_persistent_many<'py>(
+    py: Python<'py>,
+    names: Vec<String>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let out = without_gil(py, || Ok(Tun::system().delete_persistent_many(&names)))
+        .map_err(|e: vmtap::Error| core_error(py, e))?;
+    outcomes_dict(py, out)
+}
+
+/// The taps vmtap tagged, as dicts.
+#[pyfunction]
+fn list_taps(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let taps = without_gil(py, || Tun::system().tagged_taps()).map_err(|e| core_error(py, e))?;
+    taps.iter()
+        .map(|t| {
+            let d = PyDict::new(py);
+            d.set_item("ifname", &t.status.name)?;
+            d.set_item("index", t.status.index)?;
+            d.set_item("persistent", t.status.persistent)?;
+            d.set_item("up", t.up)?;
+            d.set_item("queues", t.status.queues)?;
+            d.set_item("disabled_queues", t.status.disabled_queues)?;
+            d.set_item("in_use", t.status.users() > 0)?;
+            d.set_item("owner_pid", t.ownership.owner.map(|o| o.pid))?;
+            d.set_item("owner_start_time", t.ownership.owner.map(|o| o.start_time))?;
+            d.set_item("owner_alive", t.owner_alive)?;
+            d.set_item("tag", &t.ownership.tag)?;
+            d.set_item("garbage", t.is_garbage())?;
+            Ok(d)
+        })
+        .collect()
+}
+
+/// Deletes the tagged taps whose owner is gone (or, dry, says which).
+#[pyfunction]
+#[pyo3(signature = (*, dry_run=false))]
+fn collect_garbage(py: Python<'_>, dry_run: bool) -> PyResult<Bound<'_, PyDict>> {
+    let out = without_gil(py, || Tun::system().collect_garbage(dry_run))
+        .map_err(|e| core_error(py, e))?;
+    outcomes_dict(py, out)
 }
 
 /// The link options of a mode, from Python's arguments.
@@ -831,6 +905,9 @@ fn _vmtap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(create_persistent, m)?)?;
     m.add_function(wrap_pyfunction!(delete_persistent, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_persistent_many, m)?)?;
+    m.add_function(wrap_pyfunction!(list_taps, m)?)?;
+    m.add_function(wrap_pyfunction!(collect_garbage, m)?)?;
     m.add_function(wrap_pyfunction!(configure_link, m)?)?;
     m.add_function(wrap_pyfunction!(ifdown, m)?)?;
     m.add_function(wrap_pyfunction!(hotplug_add, m)?)?;

@@ -817,3 +817,53 @@ def test_gil_is_released_during_a_blocking_call(tmp_path, unchanged) -> None:
     assert not isinstance(excinfo.value, vmtap.InvalidArgument)
     assert list(excinfo.value.remaining) == []
     assert interfaces() == ["lo"]
+
+
+def _dead_pid() -> int:
+    """A pid whose process is gone (started, killed, reaped)."""
+    p = subprocess.Popen(["sleep", "60"])
+    pid = p.pid
+    p.kill()
+    p.wait()
+    return pid
+
+
+def test_many_taps_named_tagged_listed_collected_and_deleted() -> None:
+    """create_persistent(None) picks free tapN names; owner_pid and tag go
+    in the alias; list_taps shows only tagged taps; collect_garbage takes
+    the dead owner's tap only; delete_persistent_many reports each name
+    and touches nothing else."""
+    ip("tuntap", "add", "mode", "tap", "untagged")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        live = vmtap.create_persistent(owner_pid=sleeper.pid, tag="vm1")
+        doomed = vmtap.create_persistent("doomed", owner_pid=sleeper.pid)
+        names = [vmtap.create_persistent(tag="bulk") for _ in range(50)]
+        assert len(set(names)) == 50
+        assert all(re.fullmatch(r"tap\d{1,6}", n) for n in names + [live])
+        assert f"alias vmtap pid={sleeper.pid} start=" in ip("-d", "link", "show", live)
+        rows = {t["ifname"]: t for t in vmtap.list_taps()}
+        assert set(rows) == set(names) | {live, "doomed"}
+        assert rows[live]["tag"] == "vm1" and rows[live]["owner_alive"] is True
+        assert rows[names[0]]["owner_pid"] is None
+        with pytest.raises(vmtap.InvalidArgument):
+            vmtap.create_persistent(tag="a b")
+        with pytest.raises(vmtap.InvalidArgument, match="no process"):
+            vmtap.create_persistent(owner_pid=_dead_pid())
+        with pytest.raises(vmtap.InvalidArgument):
+            vmtap.create_persistent(owner_pid=0)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert vmtap.collect_garbage(dry_run=True) == {live: None, "doomed": None}
+    assert exists(live)
+    with vmtap.open_tap("doomed", attach_existing=True):
+        # In use: not garbage now.
+        assert vmtap.collect_garbage() == {live: None}
+    assert not exists(live)
+    out = vmtap.delete_persistent_many(names + ["doomed", "lo", "nosuch", "bad/x"])
+    assert [k for k, v in out.items() if v is None] == names + ["doomed"]
+    assert isinstance(out["lo"], vmtap.Error) and "not a TAP" in str(out["lo"])
+    assert isinstance(out["nosuch"], vmtap.SysError) or isinstance(out["nosuch"], vmtap.Error)
+    assert isinstance(out["bad/x"], vmtap.InvalidArgument)
+    assert interfaces() == ["lo", "untagged"]

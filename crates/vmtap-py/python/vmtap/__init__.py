@@ -29,13 +29,16 @@ __all__ = [
     "SysError",
     "Tap",
     "configure_link",
+    "collect_garbage",
     "create_persistent",
     "delete_persistent",
+    "delete_persistent_many",
     "features",
     "hotplug_add",
     "hotplug_del",
     "ifdown",
     "inspect",
+    "list_taps",
     "netdev",
     "open_tap",
     "reset_log_cache",
@@ -107,24 +110,58 @@ def inspect(name_or_fd: Union[str, int]) -> Dict[str, object]:
 
 
 def create_persistent(
-    name: str,
+    name: Optional[str] = None,
     *,
     multi_queue: bool = False,
     vnet_hdr: bool = False,
     owner: Union[str, int, None] = None,
     group: Union[str, int, None] = None,
+    owner_pid: Optional[int] = None,
+    tag: Optional[str] = None,
 ) -> str:
     """Creates a persistent tap (it outlives its fds) that ``owner`` (a user
     name or uid) and/or ``group`` may open without privileges; returns its
-    name (the kernel's, for a ``%d`` template)."""
+    name (vmtap's pick when ``name`` is None, the kernel's for a ``%d``
+    template). ``owner_pid`` (the process the tap belongs to, recorded with
+    its start time) and ``tag`` go in the tap's alias: see
+    :func:`list_taps` and :func:`collect_garbage`."""
     return _vmtap.create_persistent(
-        name, multi_queue=multi_queue, vnet_hdr=vnet_hdr, owner=owner, group=group
+        name,
+        multi_queue=multi_queue,
+        vnet_hdr=vnet_hdr,
+        owner=owner,
+        group=group,
+        owner_pid=owner_pid,
+        tag=tag,
     )
 
 
 def delete_persistent(name: str) -> None:
     """Deletes a persistent tap; refused while someone uses it."""
     _vmtap.delete_persistent(name)
+
+
+def delete_persistent_many(names: Iterable[str]) -> Dict[str, Optional[Error]]:
+    """Deletes many persistent taps nobody uses, in one batch (the kernel's
+    cost is about that of one delete). Returns, for each distinct name,
+    None when it was deleted or the exception saying why not (no such
+    interface, not a tap, not persistent, in use, invalid name); the others
+    are deleted all the same. Nothing that was not named is touched."""
+    return _vmtap.delete_persistent_many(list(names))
+
+
+def list_taps() -> List[Dict[str, object]]:
+    """The taps of this network namespace that vmtap tagged: ``ifname``,
+    ``index``, ``persistent``, ``up``, ``queues``, ``in_use``,
+    ``owner_pid``, ``owner_alive``, ``tag``, ``garbage``..."""
+    return _vmtap.list_taps()
+
+
+def collect_garbage(*, dry_run: bool = False) -> Dict[str, Optional[Error]]:
+    """Deletes the persistent taps vmtap tagged whose owner is gone and
+    that nobody uses (``dry_run``: only lists them); the result is as for
+    :func:`delete_persistent_many`. Untagged taps are never touched."""
+    return _vmtap.collect_garbage(dry_run=dry_run)
 
 
 def configure_link(
