@@ -715,7 +715,7 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
         .attach_existing(args.attach_existing)
         .ownership(
             Ownership::new()
-                .owner(Owner::this_process()?)
+                .owner(this_process_as_owner())
                 .tag(args.tap.tag.clone())?,
         );
     let link_opts = LinkOptions::new()
@@ -724,6 +724,14 @@ fn open(args: OpenArgs) -> Result<(), CliError> {
         .up(args.up)
         .mode(args.nic.mode()?);
     Err(launch::open_and_exec(&tun, &opts, &link_opts, &args.id, program, program_args).into())
+}
+
+/// This process as the tap's owner; without `/proc` the tap is made all
+/// the same, with no owner recorded (`vmtap gc` then never takes it).
+fn this_process_as_owner() -> Option<Owner> {
+    Owner::this_process()
+        .map_err(|e| log::warn!("cannot record this process as the tap's owner: {e}"))
+        .ok()
 }
 
 /// The longest `--timeout` or `--rollback-timeout` accepted: a day.

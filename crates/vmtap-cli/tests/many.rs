@@ -405,3 +405,28 @@ fn gc_undoes_what_routed_mode_left_for_gone_taps_and_nothing_else() {
         assert_eq!(iif_rules(), Vec::<String>::new());
     });
 }
+
+#[test]
+fn open_records_its_own_pid_which_becomes_the_programs() {
+    in_netns(|| {
+        let o = vmtap(&[
+            "open",
+            "--tag",
+            "vm9",
+            "--",
+            "sh",
+            "-c",
+            "echo $$; ip -d link show {ifname}",
+        ]);
+        assert_success(&o);
+        let out = String::from_utf8(o.stdout).unwrap();
+        let pid = out.lines().next().unwrap();
+        assert!(
+            out.contains(&format!("alias vmtap pid={pid} start=")) && out.contains(" tag=vm9"),
+            "{out}"
+        );
+        // --tag is checked before anything is made.
+        let o = vmtap(&["open", "--tag", "", "--", "true"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    });
+}
