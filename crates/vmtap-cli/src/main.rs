@@ -845,16 +845,19 @@ fn report(outcomes: vmtap::Outcomes, as_json: bool, verb: &str) -> Result<(), Cl
 
 fn delete(names: Vec<String>, tag: Option<String>, as_json: bool) -> Result<(), CliError> {
     let tun = Tun::system();
-    let mut names = names;
+    let mut outcomes = if names.is_empty() {
+        Vec::new()
+    } else {
+        tun.delete_persistent_many(&names)
+    };
     if let Some(tag) = &tag {
-        names.extend(
-            tun.tagged_taps()?
-                .into_iter()
-                .filter(|t| t.ownership.tag.as_ref() == Some(tag))
-                .map(|t| t.status.name),
-        );
+        let tagged = tun.delete_tagged(tag)?;
+        if tagged.is_empty() {
+            log::warn!("no tap is tagged {tag}");
+        }
+        outcomes.extend(tagged);
     }
-    report(tun.delete_persistent_many(&names), as_json, "deleted")
+    report(outcomes, as_json, "deleted")
 }
 
 fn tagged_json(t: &vmtap::TaggedTap) -> serde_json::Value {
@@ -889,7 +892,7 @@ fn list(as_json: bool) -> Result<(), CliError> {
         };
         text.push_str(&format!(
             "{:<16} {:<6} {:<7} {:<6} {:<12} {}\n",
-            t.status.name,
+            vmtap::error::escape_controls(&t.status.name),
             if t.up { "up" } else { "down" },
             if t.status.persistent { "yes" } else { "no" },
             t.status.users(),
@@ -902,14 +905,21 @@ fn list(as_json: bool) -> Result<(), CliError> {
 
 fn gc(dry_run: bool, as_json: bool) -> Result<(), CliError> {
     let taps = Tun::system().collect_garbage(dry_run)?;
-    let stale = link::collect_stale(&link::StateDir::from_env(), dry_run)?;
+    // The taps are reported even when the records cannot be read.
+    let (stale, stale_error) = match link::collect_stale(&link::StateDir::from_env(), dry_run) {
+        Ok(s) => (s, None),
+        Err(e) => (Vec::new(), Some(vmtap::error::full_message(&e))),
+    };
     let verb = if dry_run { "would delete" } else { "deleted" };
     let mut worst = 0u8;
     let mut text = String::new();
     let mut tap_json = Vec::new();
     for (ifname, r) in &taps {
         match r {
-            Ok(()) => text.push_str(&format!("{verb} tap {ifname}\n")),
+            Ok(()) => text.push_str(&format!(
+                "{verb} tap {}\n",
+                vmtap::error::escape_controls(ifname)
+            )),
             Err(e) => {
                 worst = 1;
                 let _ = writeln!(
@@ -931,7 +941,11 @@ fn gc(dry_run: bool, as_json: bool) -> Result<(), CliError> {
         match &s.result {
             Ok(()) => {
                 for l in &s.leftovers {
-                    text.push_str(&format!("{verb} {l} (of {})\n", s.ifname));
+                    text.push_str(&format!(
+                        "{verb} {} (of {})\n",
+                        vmtap::error::escape_controls(l),
+                        vmtap::error::escape_controls(&s.ifname)
+                    ));
                 }
             }
             Err(e) => {
@@ -951,10 +965,23 @@ fn gc(dry_run: bool, as_json: bool) -> Result<(), CliError> {
             "error": s.result.as_ref().err().map(|e| vmtap::error::full_message(e)),
         }));
     }
+    if let Some(e) = &stale_error {
+        worst = 1;
+        let _ = writeln!(
+            std::io::stderr(),
+            "vmtap: cannot look for what gone NICs left behind: {}",
+            vmtap::error::escape_controls(e)
+        );
+    }
     if as_json {
         text = format!(
             "{}\n",
-            json!({ "dry_run": dry_run, "taps": tap_json, "leftovers": stale_json })
+            json!({
+                "dry_run": dry_run,
+                "taps": tap_json,
+                "leftovers": stale_json,
+                "leftovers_error": stale_error,
+            })
         );
     }
     emit(&text)?;

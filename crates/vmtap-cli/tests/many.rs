@@ -430,3 +430,103 @@ fn open_records_its_own_pid_which_becomes_the_programs() {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     });
 }
+
+#[test]
+fn concurrent_deletes_and_gcs_take_turns_and_report_only_what_went() {
+    in_netns(|| {
+        let before = bystanders();
+        let tun = Tun::system();
+        let dead = dead_owner();
+        let garbage: BTreeSet<String> = (0..200)
+            .map(|_| create_tagged(&tun, None, Ownership::new().owner(dead)))
+            .collect();
+        let named: Vec<String> = (0..200).map(|i| format!("d{i}")).collect();
+        for n in &named {
+            tun.create_persistent(n, &PersistentOptions::new()).unwrap();
+        }
+        let spawn = |args: Vec<String>| {
+            vmtap_command(VMTAP, env!("CARGO_TARGET_TMPDIR"))
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut delete_args = vec!["delete".to_string(), "--json".to_string()];
+        delete_args.extend(named.iter().cloned());
+        let gc_args = vec!["gc".to_string(), "--json".to_string()];
+        let children = vec![
+            ("gc", spawn(gc_args.clone())),
+            ("delete", spawn(delete_args.clone())),
+            ("gc", spawn(gc_args)),
+            ("delete", spawn(delete_args.clone())),
+            ("delete", spawn(delete_args)),
+        ];
+        let mut gc_deleted = Vec::new();
+        let mut deleted = Vec::new();
+        for (what, c) in children {
+            let o = c.wait_with_output().unwrap();
+            let text = String::from_utf8(o.stdout.clone()).unwrap();
+            if what == "gc" {
+                assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+                let v: Value = serde_json::from_str(&text).unwrap();
+                for t in v["taps"].as_array().unwrap() {
+                    assert_eq!(t["deleted"], true, "{t}");
+                    gc_deleted.push(t["ifname"].as_str().unwrap().to_string());
+                }
+            } else {
+                for line in text.lines() {
+                    let r: Value = serde_json::from_str(line).unwrap();
+                    if r["deleted"] == true {
+                        deleted.push(r["ifname"].as_str().unwrap().to_string());
+                    } else {
+                        let e = r["error"].as_str().unwrap();
+                        assert!(e.contains("no interface"), "{e}");
+                    }
+                }
+            }
+        }
+        // Each tap reported deleted once, by one of them, and gone.
+        gc_deleted.sort();
+        assert_eq!(gc_deleted, garbage.iter().cloned().collect::<Vec<_>>());
+        deleted.sort();
+        let mut want = named.clone();
+        want.sort();
+        assert_eq!(deleted, want);
+        assert_eq!(links(), before);
+        // Nothing was left in a private link group.
+        let groups = ip(&["-d", "link", "show"]);
+        assert!(
+            groups
+                .lines()
+                .filter(|l| l.contains(" group "))
+                .all(|l| l.contains(" group default ")),
+            "{groups}"
+        );
+    });
+}
+
+#[test]
+fn gc_from_another_pid_namespace_cannot_tell_and_deletes_nothing() {
+    in_netns(|| {
+        let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = sleeper.id().to_string();
+        let o = vmtap(&["create", "pns0", "--owner-pid", &pid]);
+        assert_success(&o);
+        // Same network namespace, another pid namespace (a sidecar).
+        let o = vmtap_command("unshare", env!("CARGO_TARGET_TMPDIR"))
+            .args(["-p", "-f", "--mount-proc", VMTAP, "gc", "--json"])
+            .output()
+            .unwrap();
+        assert_success(&o);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["taps"].as_array().unwrap().len(), 0, "{v}");
+        assert!(exists("pns0"));
+        let list = json(&vmtap(&["list", "--json"]));
+        assert_eq!(list[0]["owner_alive"], true);
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        assert_success(&vmtap(&["gc"]));
+        assert!(!exists("pns0"));
+    });
+}

@@ -561,10 +561,11 @@ pub fn presence(qmp: &mut Qmp, id: &str) -> Result<Presence, QmpError> {
 fn with_qemu_as_owner(open: &OpenOptions, qmp: &Qmp) -> OpenOptions {
     let mut own = open.ownership.clone().unwrap_or_default();
     if own.owner.is_none() {
-        let owner = qmp
-            .peer_pid()
-            .map_err(|e| e.to_string())
-            .and_then(|pid| vmtap::Owner::of_pid(pid).map_err(|e| e.to_string()));
+        let owner = match qmp.peer_pid() {
+            Ok(Some(pid)) => vmtap::Owner::of_pid(pid).map_err(|e| e.to_string()),
+            Ok(None) => Err("it runs in another pid namespace".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match owner {
             Ok(owner) => own.owner = Some(owner),
             Err(e) => log::warn!("cannot tell QEMU's pid to record it as the tap's owner: {e}"),

@@ -794,11 +794,11 @@ impl std::fmt::Debug for Qmp {
 impl Qmp {
     /// The pid of the process at the other end (QEMU), as the kernel
     /// tells it (`SO_PEERCRED`): the owner `hotplug add` records on the
-    /// tap it plugs.
-    pub fn peer_pid(&self) -> std::io::Result<u32> {
-        let cred = rustix::net::sockopt::socket_peercred(&self.sock)?;
-        u32::try_from(cred.pid.as_raw_nonzero().get())
-            .map_err(|_| std::io::Error::other("negative pid"))
+    /// tap it plugs. `None` when that process is in another pid namespace.
+    /// (For a socket another program made and handed to QEMU, this is the
+    /// process that called `listen()`.)
+    pub fn peer_pid(&self) -> std::io::Result<Option<u32>> {
+        vmtap_sys::peer_pid(self.sock.as_fd())
     }
 
     /// Connects to QEMU's QMP unix socket, reads the greeting and enters

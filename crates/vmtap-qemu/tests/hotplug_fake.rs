@@ -386,7 +386,7 @@ fn add_picks_a_name_and_records_qemu_as_the_owner() {
     let me = vmtap::Owner::this_process().unwrap();
     assert_eq!(
         k.devices()[&ifname].alias.as_deref(),
-        Some(format!("vmtap pid={} start={} tag=vm7", me.pid, me.start_time).as_str())
+        Some(format!("{} tag=vm7", vmtap::Ownership::new().owner(me).to_alias()).as_str())
     );
     del(&mon, "nic1").unwrap();
     q.finish();

@@ -337,6 +337,32 @@ pub fn vhost_get_features(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(features)
 }
 
+/// The pid of the process at the other end of a connected Unix socket
+/// (`SO_PEERCRED`: the process that connected or, for the accepting side,
+/// that called `listen()`), as the caller's pid namespace sees it; `None`
+/// when that process is outside it (the kernel reports pid 0).
+pub fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes (one `struct ucred`)
+    // through the pointer, which points to a live, writable ucred of that
+    // size; `len` is a valid, writable socklen_t.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(u32::try_from(cred.pid).ok().filter(|p| *p != 0))
+}
+
 /// Takes a duplicate (close-on-exec) of fd number `raw`, which this process
 /// inherited from its parent, as an owned fd. Fails with `EBADF` when no such
 /// fd is open; the original is left as it is.

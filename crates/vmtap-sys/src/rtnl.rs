@@ -7,7 +7,7 @@
 use std::io;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
+    NLM_F_ACK, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
@@ -177,7 +177,9 @@ impl Netlink {
 
     /// [`Netlink::request`] with more header flags: `NLM_F_DUMP` for a
     /// dump, `NLM_F_CREATE | NLM_F_EXCL` or `NLM_F_CREATE | NLM_F_REPLACE`
-    /// for a new object. A dump's parts are collected until `NLMSG_DONE`.
+    /// for a new object. A dump's parts are collected until `NLMSG_DONE`;
+    /// a dump the kernel marks inconsistent (`NLM_F_DUMP_INTR`: the table
+    /// changed while it was read) is `ErrorKind::Interrupted`.
     pub fn request_flags(
         &mut self,
         msg: RouteNetlinkMessage,
@@ -193,6 +195,7 @@ impl Netlink {
         self.socket.send(&buf, 0)?;
 
         let mut replies = Vec::new();
+        let mut interrupted = false;
         let mut rx = vec![0u8; 64 * 1024];
         loop {
             let n = self.socket.recv(&mut &mut rx[..], 0)?;
@@ -203,6 +206,7 @@ impl Netlink {
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = reply.header.length as usize;
                 if reply.header.sequence_number == self.seq {
+                    interrupted |= reply.header.flags & NLM_F_DUMP_INTR != 0;
                     match reply.payload {
                         NetlinkPayload::Error(e) => {
                             return match e.code {
@@ -214,6 +218,12 @@ impl Netlink {
                         // ends with its error in NLMSG_DONE.
                         NetlinkPayload::Done(d) if d.code < 0 => {
                             return Err(io::Error::from_raw_os_error(-d.code));
+                        }
+                        NetlinkPayload::Done(_) if interrupted => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::Interrupted,
+                                "the dump was interrupted by a change (NLM_F_DUMP_INTR)",
+                            ));
                         }
                         NetlinkPayload::Done(_) => return Ok(replies),
                         NetlinkPayload::InnerMessage(m) => replies.push(m),
@@ -263,12 +273,19 @@ impl Netlink {
     }
 
     /// Every link of the network namespace (one `RTM_GETLINK` dump), in the
-    /// kernel's order.
+    /// kernel's order. A dump interrupted by a change is read again (up to
+    /// 8 times).
     pub fn links(&mut self) -> io::Result<Vec<LinkState>> {
-        let replies = self.request_flags(
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
+        let mut tries = 0;
+        let replies = loop {
+            match self.request_flags(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            ) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && tries < 8 => tries += 1,
+                r => break r?,
+            }
+        };
         Ok(replies
             .iter()
             .filter_map(|r| match r {

@@ -63,6 +63,21 @@ fn refusal(link: &LinkState) -> Option<Error> {
     }
 }
 
+/// How long a bulk operation waits for another one in the same network
+/// namespace (vmtap's bulk operations take turns, so that one never moves
+/// or reports the taps of another).
+pub const BULK_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the bulk lock of this network namespace (see
+/// [`Syscalls::bulk_lock`]).
+fn lock(sys: &dyn Syscalls) -> Result<Option<std::os::fd::OwnedFd>> {
+    sys.bulk_lock(BULK_LOCK_WAIT)
+        .map_err(|source| Error::BulkDelete {
+            step: "waiting for another vmtap delete or gc in this network namespace",
+            source,
+        })
+}
+
 impl Tun {
     /// The taps of this network namespace that vmtap tagged (see
     /// [`crate::owner`]), in index order, with their owners checked.
@@ -77,8 +92,11 @@ impl Tun {
 
     /// Deletes the taps [`TaggedTap::is_garbage`] finds (persistent, no
     /// queue attached, owner gone), in one batch; with `dry_run`, only
-    /// says which. A tap without vmtap's tag is never touched.
+    /// says which. A tap without vmtap's tag is never touched. A tap that
+    /// stopped being garbage, or went, before its turn is left out of the
+    /// outcomes (another `gc` may have taken it).
     pub fn collect_garbage(&self, dry_run: bool) -> Result<Outcomes> {
+        let _lock = lock(self.sys())?;
         let garbage: Vec<String> = self
             .tagged_taps()?
             .into_iter()
@@ -88,11 +106,25 @@ impl Tun {
         if dry_run {
             return Ok(garbage.into_iter().map(|n| (n, Ok(()))).collect());
         }
-        // Checked again in the batch (a tap may have been taken since):
-        // only a tap that is still garbage goes.
-        Ok(self.delete_many_if(&garbage, |link| {
+        // Checked again in the batch: only a tap that is still garbage goes.
+        let out = self.delete_many_if(&garbage, |link| {
             tagged(link).is_some_and(|t| t.is_garbage())
-        }))
+        });
+        Ok(out
+            .into_iter()
+            .filter(|(n, r)| match r {
+                Err(
+                    Error::NoSuchInterface { .. }
+                    | Error::NotGarbage(_)
+                    | Error::Vanished(_)
+                    | Error::InUse { .. },
+                ) => {
+                    log::debug!("{n}: no longer garbage, or gone: skipped");
+                    false
+                }
+                _ => true,
+            })
+            .collect())
     }
 
     /// Deletes the persistent taps `names` that nobody uses, all in one
@@ -102,9 +134,38 @@ impl Tun {
     /// are deleted all the same. Nothing that was not asked is touched:
     /// the taps are put in a link group no other link is in, the group is
     /// checked to hold exactly them (else they are put back and deleted
-    /// one by one), then deleted with one `RTM_DELLINK`.
+    /// one by one), then deleted with one `RTM_DELLINK`, and every tap is
+    /// checked to be gone. vmtap's bulk operations in one network
+    /// namespace take turns (up to [`BULK_LOCK_WAIT`]).
+    ///
+    /// Like a single delete, a tap that a VM attaches to between the last
+    /// check and the delete is deleted under it. A process killed between
+    /// marking and deleting leaves its taps in the private group (their
+    /// group number is all that changed).
     pub fn delete_persistent_many<S: AsRef<str>>(&self, names: &[S]) -> Outcomes {
-        self.delete_many_if(names, |_| true)
+        let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+        match lock(self.sys()) {
+            Ok(_lock) => self.delete_many_if(&names, |_| true),
+            Err(e) => fail_all(&names, &e),
+        }
+    }
+
+    /// Deletes, in one batch, the persistent taps nobody uses that vmtap
+    /// tagged with `tag` (checked again at the delete: a tap re-created
+    /// meanwhile under the same name without the tag is left alone). The
+    /// outcomes name each tap found with the tag.
+    pub fn delete_tagged(&self, tag: &str) -> Result<Outcomes> {
+        crate::owner::check_tag(tag)?;
+        let _lock = lock(self.sys())?;
+        let names: Vec<String> = self
+            .tagged_taps()?
+            .into_iter()
+            .filter(|t| t.ownership.tag.as_deref() == Some(tag))
+            .map(|t| t.status.name)
+            .collect();
+        Ok(self.delete_many_if(&names, |link| {
+            tagged(link).is_some_and(|t| t.ownership.tag.as_deref() == Some(tag))
+        }))
     }
 
     fn delete_many_if<S: AsRef<str>>(
@@ -132,19 +193,12 @@ impl Tun {
         if !valid.is_empty() {
             match delete_batch(sys, &valid, &keep) {
                 Ok(done) => outcome.extend(done),
-                Err(e) => {
-                    // The whole batch failed: each name says why.
-                    let msg = crate::error::full_message(&e);
-                    for n in &valid {
-                        outcome.insert(
-                            n,
-                            Err(Error::BulkDelete {
-                                step: "deleting",
-                                source: std::io::Error::other(msg.clone()),
-                            }),
-                        );
-                    }
-                }
+                Err(e) => outcome.extend(
+                    fail_all(&valid, &e)
+                        .into_iter()
+                        .zip(valid.iter())
+                        .map(|((_, r), n)| (*n, r)),
+                ),
             }
         }
         names
@@ -155,6 +209,34 @@ impl Tun {
             })
             .collect()
     }
+}
+
+/// The same failure for every name (the whole batch failed), keeping the
+/// step and the OS error number.
+fn fail_all(names: &[&str], e: &Error) -> Outcomes {
+    let step = match e {
+        Error::BulkDelete { step, .. } => step,
+        _ => "deleting",
+    };
+    let source = || match (e.errno(), e) {
+        (Some(code), _) => std::io::Error::from_raw_os_error(code),
+        (None, Error::BulkDelete { source, .. }) => {
+            std::io::Error::new(source.kind(), source.to_string())
+        }
+        (None, e) => std::io::Error::other(crate::error::full_message(e)),
+    };
+    names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                Err(Error::BulkDelete {
+                    step,
+                    source: source(),
+                }),
+            )
+        })
+        .collect()
 }
 
 fn tagged(link: &LinkState) -> Option<TaggedTap> {
@@ -245,11 +327,7 @@ fn delete_batch<'a>(
         }
     }
     // Check the group: exactly our taps, each still deletable.
-    let restore = |list: &[(&str, u32, u32)]| {
-        for (_, index, before) in list {
-            let _ = sys.set_link_groups(&[*index], *before);
-        }
-    };
+    let restore = |list: &[(&str, u32, u32)]| restore_groups(sys, group, list);
     let links = match dump(sys, "checking the marked taps") {
         Ok(l) => l,
         Err(e) => {
@@ -259,7 +337,8 @@ fn delete_batch<'a>(
     };
     let ours: HashMap<u32, usize> = in_group.iter().enumerate().map(|(i, t)| (t.1, i)).collect();
     let mut foreign = false;
-    let mut pulled = HashSet::new();
+    let mut pulled = Vec::new();
+    let mut pulled_index = HashSet::new();
     for l in links.iter().filter(|l| l.link_group == group) {
         match ours.get(&l.index) {
             None => foreign = true,
@@ -271,12 +350,15 @@ fn delete_batch<'a>(
                     refusal(l).or_else(|| (!keep(l)).then(|| Error::NotGarbage(name.to_string())))
                 };
                 if let Some(e) = problem {
-                    restore(&in_group[i..=i]);
-                    pulled.insert(l.index);
+                    pulled.push(in_group[i]);
+                    pulled_index.insert(l.index);
                     done.push((name, Err(e)));
                 }
             }
         }
+    }
+    if !pulled.is_empty() {
+        restore(&pulled);
     }
     let present: HashSet<u32> = links
         .iter()
@@ -285,13 +367,13 @@ fn delete_batch<'a>(
         .collect();
     let mut batch = Vec::new();
     for t in in_group {
-        if pulled.contains(&t.1) {
+        if pulled_index.contains(&t.1) {
             continue;
         }
         if !present.contains(&t.1) {
-            // Gone, or moved out of the group, since it was marked.
+            // Gone, or moved out of the group by someone else, since it
+            // was marked: left as it is.
             done.push((t.0, Err(Error::Vanished(t.0.to_string()))));
-            restore(&[t]);
             continue;
         }
         batch.push(t);
@@ -314,7 +396,40 @@ fn delete_batch<'a>(
         return Ok(done);
     }
     match sys.delete_link_group(group) {
-        Ok(()) => done.extend(batch.into_iter().map(|t| (t.0, Ok(())))),
+        Ok(()) => {
+            // The kernel deleted the group: check that each tap is gone.
+            let left: HashSet<u32> = match sys.links() {
+                Ok(links) => links.iter().map(|l| l.index).collect(),
+                Err(source) => {
+                    let msg = source.to_string();
+                    for (name, _, _) in batch {
+                        done.push((
+                            name,
+                            Err(Error::BulkDelete {
+                                step: "checking that the taps are gone",
+                                source: std::io::Error::new(source.kind(), msg.clone()),
+                            }),
+                        ));
+                    }
+                    return Ok(done);
+                }
+            };
+            let (stayed, went): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|t| left.contains(&t.1));
+            done.extend(went.into_iter().map(|t| (t.0, Ok(()))));
+            if !stayed.is_empty() {
+                restore(&stayed);
+            }
+            for (name, _, _) in stayed {
+                done.push((
+                    name,
+                    Err(Error::BulkDelete {
+                        step: "deleting the group",
+                        source: std::io::Error::other("the tap is still there"),
+                    }),
+                ));
+            }
+        }
         Err(source) => {
             restore(&batch);
             let msg = source.to_string();
@@ -324,13 +439,45 @@ fn delete_batch<'a>(
                     Err(Error::Netlink {
                         step: "deleting",
                         ifname: name.to_string(),
-                        source: std::io::Error::new(source.kind(), msg.clone()),
+                        source: match source.raw_os_error() {
+                            Some(code) => std::io::Error::from_raw_os_error(code),
+                            None => std::io::Error::new(source.kind(), msg.clone()),
+                        },
                     }),
                 ));
             }
         }
     }
     Ok(done)
+}
+
+/// Puts the taps of `list` that are still in `group` back in the group
+/// each was in before; a tap that left the group meanwhile (deleted,
+/// moved by someone else) is left as it is. A failure is logged with the
+/// group, so that it can be found (`ip link show group G`).
+fn restore_groups(sys: &dyn Syscalls, group: u32, list: &[(&str, u32, u32)]) {
+    let in_group: HashSet<u32> = match sys.links() {
+        Ok(links) => links
+            .iter()
+            .filter(|l| l.link_group == group)
+            .map(|l| l.index)
+            .collect(),
+        Err(e) => {
+            log::warn!("cannot put taps back from link group {group}: listing the links: {e}");
+            return;
+        }
+    };
+    for (name, index, before) in list {
+        if !in_group.contains(index) {
+            continue;
+        }
+        let r = sys
+            .set_link_groups(&[*index], *before)
+            .and_then(|mut r| r.pop().unwrap_or(Ok(())));
+        if let Err(e) = r {
+            log::warn!("cannot put {name} back from link group {group} into group {before}: {e}");
+        }
+    }
 }
 
 /// A link group no link of `links` is in, and not 0 (the default).
@@ -439,6 +586,59 @@ mod tests {
     }
 
     #[test]
+    fn a_foreign_link_in_the_group_makes_it_one_by_one_and_leaves_that_link() {
+        let (k, tun) = setup();
+        persistent(&k, "a");
+        persistent(&k, "b");
+        k.add_other_interface("stranger");
+        // Another tool puts "stranger" in our group before the check.
+        k.join_group_before(Op::Links, 1, "stranger");
+        let out = tun.delete_persistent_many(&["a", "b"]);
+        assert!(out.iter().all(|(_, r)| r.is_ok()), "{out:?}");
+        assert!(k.devices().is_empty());
+        assert_eq!(k.other_interfaces(), ["stranger"]);
+        let calls = k.calls();
+        assert!(
+            calls.iter().all(|c| c.op != Op::DeleteGroup),
+            "no group delete"
+        );
+        assert_eq!(calls.iter().filter(|c| c.op == Op::DeleteLink).count(), 2);
+    }
+
+    #[test]
+    fn a_tap_that_left_the_group_is_not_put_back_or_deleted() {
+        let (k, tun) = setup();
+        persistent(&k, "a");
+        persistent(&k, "b");
+        // "b" is removed by someone else after it was marked.
+        k.remove_interface_before(Op::Links, 1, "b");
+        let out = tun.delete_persistent_many(&["a", "b"]);
+        assert!(outcome(&out, "a").is_ok());
+        assert!(
+            matches!(outcome(&out, "b"), Err(Error::Vanished(_))),
+            "{out:?}"
+        );
+        assert!(k.devices().is_empty());
+    }
+
+    #[test]
+    fn delete_tagged_takes_only_that_tag() {
+        let (k, tun) = setup();
+        for (name, tag) in [("x1", "ci"), ("x2", "ci"), ("y1", "other")] {
+            let mut d = FakeDevice::new(TunFlags::TAP | TunFlags::NO_PI, true);
+            d.alias = Some(Ownership::new().tag(tag.to_string()).unwrap().to_alias());
+            k.add_device(name, d);
+        }
+        persistent(&k, "untagged");
+        let out = tun.delete_tagged("ci").unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|(_, r)| r.is_ok()));
+        let left: Vec<String> = k.devices().into_keys().collect();
+        assert_eq!(left, ["untagged", "y1"]);
+        assert!(tun.delete_tagged("bad tag").is_err());
+    }
+
+    #[test]
     fn a_failed_group_delete_puts_the_groups_back_and_says_so() {
         let (k, tun) = setup();
         persistent(&k, "a");
@@ -484,8 +684,8 @@ mod tests {
         let (k, tun) = setup();
         let me = Owner::this_process().unwrap();
         let dead = Owner {
-            pid: me.pid,
             start_time: me.start_time + 1,
+            ..me
         };
         let tag = |name: &str, own: Ownership| {
             let mut d = FakeDevice::new(TunFlags::TAP | TunFlags::NO_PI, true);

@@ -151,6 +151,8 @@ struct State {
     fail_call: Option<(usize, i32)>,
     fail_op: Vec<(Op, usize, i32)>,
     removals: Vec<(Op, usize, String)>,
+    joins: Vec<(Op, usize, String)>,
+    last_group: u32,
     op_counts: HashMap<Op, usize>,
     missing: BTreeSet<PathBuf>,
 }
@@ -256,6 +258,13 @@ impl FakeKernel {
         self.lock().removals.push((op, nth, name.to_string()));
     }
 
+    /// Puts interface `name` into the link group most recently set by
+    /// `set_link_groups` just before the `nth` call (from 0) of `op` runs,
+    /// as another tool racing with a bulk delete would.
+    pub fn join_group_before(&self, op: Op, nth: usize, name: &str) {
+        self.lock().joins.push((op, nth, name.to_string()));
+    }
+
     /// Every call made so far.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -309,6 +318,21 @@ impl FakeKernel {
             .filter(|(o, n, _)| *o == op && *n == nth)
             .map(|(_, _, name)| name.clone())
             .collect();
+        let joining: Vec<String> = st
+            .joins
+            .iter()
+            .filter(|(o, n, _)| *o == op && *n == nth)
+            .map(|(_, _, name)| name.clone())
+            .collect();
+        let group = st.last_group;
+        for name in joining {
+            if let Some(o) = st.others.get_mut(&name) {
+                o.1 = group;
+            }
+            if let Some(d) = st.devices.get_mut(&name) {
+                d.link_group = group;
+            }
+        }
         for name in gone {
             st.others.remove(&name);
             if let Some(dev) = st.devices.remove(&name) {
@@ -652,6 +676,7 @@ impl Syscalls for FakeKernel {
             let r = self
                 .enter(Op::SetGroupOf, format!("{index} {group}"))
                 .and_then(|mut st| {
+                    st.last_group = group;
                     if let Some(o) = st.others.values_mut().find(|o| o.0 == index) {
                         o.1 = group;
                         return Ok(());
@@ -667,6 +692,11 @@ impl Syscalls for FakeKernel {
             results.push(r);
         }
         Ok(results)
+    }
+
+    /// No lock: a fake kernel belongs to one test.
+    fn bulk_lock(&self, _wait: std::time::Duration) -> io::Result<Option<OwnedFd>> {
+        Ok(None)
     }
 
     fn delete_link_group(&self, group: u32) -> io::Result<()> {

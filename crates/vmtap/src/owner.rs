@@ -25,14 +25,34 @@ pub struct Owner {
     pub pid: u32,
     /// When it started, in clock ticks since boot (`/proc/PID/stat`).
     pub start_time: u64,
+    /// The pid namespace the pid belongs to (the inode of
+    /// `/proc/self/ns/pid` of the process that recorded it), when known:
+    /// from another pid namespace the owner cannot be checked.
+    pub pidns: Option<u64>,
+}
+
+/// The inode of this process's pid namespace, when `/proc` is this pid
+/// namespace's (`/proc/self` is this process): else `None`, and no pid
+/// read from `/proc` can be trusted.
+fn this_pidns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::read_link("/proc/self").ok()?;
+    if me.to_str()? != std::process::id().to_string() {
+        return None;
+    }
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
 }
 
 impl Owner {
     /// The process `pid`, now.
     pub fn of_pid(pid: u32) -> Result<Self> {
         match start_time(pid) {
-            Ok(Some(start_time)) => Ok(Self { pid, start_time }),
-            Ok(None) => Err(Error::NoSuchProcess(pid)),
+            Ok(Proc::Running(start_time)) => Ok(Self {
+                pid,
+                start_time,
+                pidns: this_pidns(),
+            }),
+            Ok(_) => Err(Error::NoSuchProcess(pid)),
             Err(source) => Err(Error::ProcessInfo { pid, source }),
         }
     }
@@ -44,29 +64,58 @@ impl Owner {
     }
 
     /// Whether this process still runs: a process with this pid and this
-    /// start time exists. `None` when that cannot be told (`/proc`
-    /// unreadable for another reason than the pid being gone).
+    /// start time exists. `None` when that cannot be told: the owner was
+    /// recorded in another pid namespace, `/proc` is not this pid
+    /// namespace's, or the pid is hidden (`hidepid`) yet exists.
     pub fn is_alive(&self) -> Option<bool> {
+        let here = this_pidns()?;
+        if self.pidns.is_some_and(|ns| ns != here) {
+            return None;
+        }
         match start_time(self.pid) {
-            Ok(Some(t)) => Some(t == self.start_time),
-            Ok(None) => Some(false),
+            Ok(Proc::Running(t)) => Some(t == self.start_time),
+            // It runs no VM, whoever it was.
+            Ok(Proc::Zombie) => Some(false),
+            // Not in /proc: gone, unless /proc hides it from us.
+            Ok(Proc::Missing) => {
+                // A pid no process can have is gone.
+                let Some(pid) = i32::try_from(self.pid)
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+                else {
+                    return Some(false);
+                };
+                match rustix::process::test_kill_process(pid) {
+                    Err(e) if e == rustix::io::Errno::SRCH => Some(false),
+                    _ => None,
+                }
+            }
             Err(_) => None,
         }
     }
 }
 
-/// The start time of `pid` from `/proc/PID/stat`; `None` when there is no
-/// such process (a zombie counts as gone: it runs no VM).
-fn start_time(pid: u32) -> io::Result<Option<u64>> {
+/// What `/proc/PID/stat` says of a pid.
+enum Proc {
+    /// It runs, started at this time.
+    Running(u64),
+    /// It exited and waits to be reaped.
+    Zombie,
+    /// No such entry.
+    Missing,
+}
+
+/// The start time of `pid` from `/proc/PID/stat`.
+fn start_time(pid: u32) -> io::Result<Proc> {
     if pid == 0 {
-        return Ok(None);
+        return Ok(Proc::Missing);
     }
     let mut buf = Vec::with_capacity(512);
     match std::fs::File::open(format!("/proc/{pid}/stat")) {
         // The file is short (under 1 KiB); a bound all the same.
         Ok(f) => f.take(4096).read_to_end(&mut buf)?,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH)) => {
-            return Ok(None);
+            return Ok(Proc::Missing);
         }
         Err(e) => return Err(e),
     };
@@ -78,10 +127,10 @@ fn start_time(pid: u32) -> io::Result<Option<u64>> {
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     // Field 3 is the state, field 22 the start time.
     if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-        return Ok(None);
+        return Ok(Proc::Zombie);
     }
     let start = fields.get(22 - 3).ok_or_else(bad)?;
-    start.parse().map(Some).map_err(|_| bad())
+    start.parse().map(Proc::Running).map_err(|_| bad())
 }
 
 /// What vmtap records about who owns a tap: a process, a tag, both or
@@ -145,11 +194,12 @@ impl Ownership {
         if words.next()? != ALIAS_MARK {
             return None;
         }
-        let (mut pid, mut start, mut tag) = (None, None, None);
+        let (mut pid, mut start, mut pidns, mut tag) = (None, None, None, None);
         for word in words {
             match word.split_once('=') {
                 Some(("pid", v)) => pid = Some(v.parse::<u32>().ok()?),
                 Some(("start", v)) => start = Some(v.parse::<u64>().ok()?),
+                Some(("pidns", v)) => pidns = Some(v.parse::<u64>().ok()?),
                 Some(("tag", v)) => {
                     check_tag(v).ok()?;
                     tag = Some(v.to_string());
@@ -158,8 +208,12 @@ impl Ownership {
             }
         }
         let owner = match (pid, start) {
-            (Some(pid), Some(start_time)) => Some(Owner { pid, start_time }),
-            (None, None) => None,
+            (Some(pid), Some(start_time)) => Some(Owner {
+                pid,
+                start_time,
+                pidns,
+            }),
+            (None, None) if pidns.is_none() => None,
             _ => return None,
         };
         Some(Self { owner, tag })
@@ -171,6 +225,9 @@ impl fmt::Display for Ownership {
         f.write_str(ALIAS_MARK)?;
         if let Some(o) = &self.owner {
             write!(f, " pid={} start={}", o.pid, o.start_time)?;
+            if let Some(ns) = o.pidns {
+                write!(f, " pidns={ns}")?;
+            }
         }
         if let Some(t) = &self.tag {
             write!(f, " tag={t}")?;
@@ -188,6 +245,7 @@ mod tests {
         let o = Owner {
             pid: 42,
             start_time: 123_456,
+            pidns: Some(4_026_531_836),
         };
         for own in [
             Ownership::new(),
@@ -202,7 +260,7 @@ mod tests {
         }
         assert_eq!(
             Ownership::new().owner(o).to_alias(),
-            "vmtap pid=42 start=123456"
+            "vmtap pid=42 start=123456 pidns=4026531836"
         );
         for foreign in [
             "",
@@ -212,6 +270,8 @@ mod tests {
             "vmtap start=1",
             "vmtap pid=x start=1",
             "vmtap pid=1 start=-1",
+            "vmtap pidns=1",
+            "vmtap pid=1 start=2 pidns=x",
             "vmtap tag=",
             "VMTAP",
         ] {
@@ -224,7 +284,8 @@ mod tests {
                 Ownership::new()
                     .owner(Owner {
                         pid: 1,
-                        start_time: 2
+                        start_time: 2,
+                        pidns: None,
                     })
                     .tag("t".to_string())
                     .unwrap()
@@ -253,5 +314,17 @@ mod tests {
         };
         assert_eq!(reused.is_alive(), Some(false));
         assert!(matches!(Owner::of_pid(0), Err(Error::NoSuchProcess(0))));
+        // Recorded in another pid namespace: cannot be told.
+        let elsewhere = Owner {
+            pidns: me.pidns.map(|n| n + 1),
+            ..me
+        };
+        assert_eq!(elsewhere.is_alive(), None);
+        // A pid that no process has.
+        let gone = Owner {
+            pid: 4_000_000_000,
+            ..me
+        };
+        assert_eq!(gone.is_alive(), Some(false));
     }
 }

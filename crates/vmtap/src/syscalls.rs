@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use vmtap_sys::rtnl::{LinkState, Netlink};
 use vmtap_sys::{self as sys, Offloads, TunFlags};
@@ -67,6 +68,11 @@ pub trait Syscalls: Send + Sync {
     /// Deletes every link of link group `group` at once (`RTM_DELLINK`
     /// with `IFLA_GROUP`).
     fn delete_link_group(&self, group: u32) -> io::Result<()>;
+    /// Takes the lock of vmtap's bulk operations in the caller's network
+    /// namespace, waiting up to `wait` for another process that holds it;
+    /// held until the returned value (if any) is dropped, or the process
+    /// dies. `ErrorKind::TimedOut` when it stays taken.
+    fn bulk_lock(&self, wait: Duration) -> io::Result<Option<OwnedFd>>;
     /// `SIOCGIFHWADDR` on a bound tun fd: the device's MAC address.
     fn tun_get_hwaddr(&self, fd: BorrowedFd<'_>) -> io::Result<[u8; 6]>;
     /// Whether the device of a bound tun fd is in the caller's network
@@ -185,6 +191,30 @@ impl Syscalls for Kernel {
     }
     fn delete_link_group(&self, group: u32) -> io::Result<()> {
         Netlink::open()?.delete_group(group)
+    }
+    /// An abstract Unix socket bound to a fixed name: abstract names are
+    /// per network namespace, and the kernel frees one when its last fd
+    /// goes, so the lock dies with its holder (no stale lock file).
+    fn bulk_lock(&self, wait: Duration) -> io::Result<Option<OwnedFd>> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixListener};
+        let addr = SocketAddr::from_abstract_name(b"vmtap-bulk-lock")?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match UnixListener::bind_addr(&addr) {
+                Ok(l) => return Ok(Some(OwnedFd::from(l))),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    if Instant::now() >= deadline {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "another vmtap delete or gc in this network namespace holds the lock",
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     fn tun_get_hwaddr(&self, fd: BorrowedFd<'_>) -> io::Result<[u8; 6]> {
         sys::tun_get_hwaddr(fd)

@@ -246,13 +246,14 @@ fn ownership_goes_in_the_alias_of_a_created_tap_only() {
         .owner(crate::owner::Owner {
             pid: 7,
             start_time: 9,
+            pidns: Some(5),
         })
         .tag("vm1".to_string())
         .unwrap();
     let tap = open(&k, &OpenOptions::new().ownership(own.clone())).unwrap();
     assert_eq!(
         k.devices()[tap.name()].alias.as_deref(),
-        Some("vmtap pid=7 start=9 tag=vm1")
+        Some("vmtap pid=7 start=9 pidns=5 tag=vm1")
     );
     // A failure to tag leaves nothing.
     let k = fake();
