@@ -132,3 +132,108 @@ fn routed_and_openvswitch_set_ups_cannot_be_unrecorded() {
         assert!(!dir.exists());
     });
 }
+
+/// Bridged mode with VLANs on a VLAN-filtering bridge: access, trunk and
+/// hybrid ports deliver frames within a VLAN and never across, the same
+/// checks as Open vSwitch's (`tests/ovs.rs`). Needs bridge VLAN filtering
+/// (the guest-kernel lane has it).
+#[test]
+fn frames_on_a_vlan_filtering_bridge_go_where_the_vlans_say() {
+    use vmtap::VnetHdr;
+    use vmtap_testkit::frames::Port;
+    in_netns(|| {
+        if run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "bv0",
+                "type",
+                "bridge",
+                "vlan_filtering",
+                "1",
+            ],
+        )
+        .is_err()
+        {
+            not_run_here("bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)");
+            return;
+        }
+        ip(&["link", "set", "bv0", "up"]);
+        let dir = StateDir::new(fresh_dir("vlan-frames"));
+        let open = |name: &'static str, mac: u8, spec: &str| {
+            let tap = OpenOptions::new()
+                .name(name)
+                .vnet_hdr(VnetHdr::Off)
+                .open()
+                .unwrap();
+            let mode = NicMode::parse("bridged", Some("bv0"), Some(spec), &[]).unwrap();
+            configure(name, &LinkOptions::new().mode(mode).state_dir(dir.clone()))
+                .unwrap()
+                .keep();
+            Port::new(name, mac, tap)
+        };
+        let a1 = open("a1", 1, ".100");
+        let a2 = open("a2", 2, "100");
+        let b1 = open("b1", 3, ".200");
+        let tr = open("tr", 4, ":100:200");
+        let hy = open("hy", 5, ".100:200");
+        // As on the switch: see tests/ovs.rs for the sequence.
+        a1.send(None, "f1");
+        a2.expect_first("f1", None);
+        tr.expect_first("f1", Some(100));
+        hy.expect_first("f1", None);
+        tr.send(Some(200), "f2");
+        b1.expect_first("f2", None);
+        hy.expect_first("f2", Some(200));
+        b1.send(None, "f3");
+        tr.expect_first("f3", Some(200));
+        hy.expect_first("f3", Some(200));
+        hy.send(None, "f4");
+        a1.expect_first("f4", None);
+        a2.expect_first("f4", None);
+        tr.expect_first("f4", Some(100));
+        hy.send(Some(200), "f5");
+        b1.expect_first("f5", None);
+        tr.expect_first("f5", Some(200));
+        tr.send(Some(100), "f6");
+        a1.expect_first("f6", None);
+        a2.expect_first("f6", None);
+        hy.expect_first("f6", None);
+        tr.send(Some(300), "f7");
+        tr.send(Some(200), "f8");
+        hy.expect_first("f8", Some(200));
+        b1.expect_first("f8", None);
+        // The host's own 802.1Q interface on the bridge (the 8021q module)
+        // in VLAN 200: what it sends reaches the VLAN-200 ports only,
+        // tagged on the trunk and the hybrid port, untagged on the access
+        // port.
+        ip(&[
+            "link", "add", "link", "bv0", "name", "bv0.200", "type", "vlan", "id", "200",
+        ]);
+        run(
+            "bridge",
+            &["vlan", "add", "dev", "bv0", "vid", "200", "self"],
+        )
+        .unwrap();
+        ip(&["link", "set", "bv0.200", "up"]);
+        send_from("bv0.200", &vmtap_testkit::frames::frame(9, None, "h1"));
+        b1.expect_first("h1", None);
+        tr.expect_first("h1", Some(200));
+        hy.expect_first("h1", Some(200));
+        a2.send(None, "f9");
+        a1.expect_first("f9", None);
+        drop((a1, a2, b1, tr, hy));
+    });
+}
+
+/// Sends one Ethernet frame out of interface `dev` (an `AF_PACKET` socket,
+/// through Python: the test kit has no raw-socket code of its own).
+fn send_from(dev: &str, frame: &[u8]) {
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); \
+         s.bind(('{dev}', 0)); s.send(bytes.fromhex('{hex}'))"
+    );
+    run("python3", &["-c", &script]).unwrap();
+}

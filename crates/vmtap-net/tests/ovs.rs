@@ -3,14 +3,14 @@
 //! and skip when Open vSwitch is not installed (they fail instead with
 //! VMTAP_REQUIRE=1). Tests of failures use fake `ovs-vsctl` programs.
 
-use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vmtap::{OpenOptions, Tap, VnetHdr};
+use vmtap::{OpenOptions, VnetHdr};
 use vmtap_net::VlanSpec;
 use vmtap_net::ovs::{Ovs, OvsError, OvsPort};
+use vmtap_testkit::frames::Port;
 use vmtap_testkit::ovs::OvsDaemons;
 use vmtap_testkit::{in_netns, ip, wait_until};
 
@@ -239,117 +239,21 @@ fn without_ovs_vswitchd_a_change_times_out_in_time() {
 
 // ---- Frames through the switch ----
 
-/// Our frames: broadcast, this ethertype (local experimental), this
-/// marker, then the frame's id.
-const ETHERTYPE: u16 = 0x88b5;
-const MARKER: &[u8] = b"vmtap-ovs-test:";
-
-/// A frame from MAC 02:00:00:00:00:`src`, in `vlan` (802.1Q) or untagged.
-fn frame(src: u8, vlan: Option<u16>, id: &str) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend([0x02, 0, 0, 0, 0, src]);
-    if let Some(v) = vlan {
-        f.extend(0x8100u16.to_be_bytes());
-        f.extend(v.to_be_bytes());
-    }
-    f.extend(ETHERTYPE.to_be_bytes());
-    f.extend(MARKER);
-    f.extend(id.as_bytes());
-    f.resize(f.len().max(64), 0);
-    f
-}
-
-/// One of our frames, as received: its VLAN tag (if tagged) and its id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    vlan: Option<u16>,
-    id: String,
-}
-
-/// Parses a frame; `None` for anything not ours (IPv6 noise...).
-fn parse(f: &[u8]) -> Option<Seen> {
-    let ethertype = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let (vlan, rest) = match ethertype(12)? {
-        0x8100 => (Some(ethertype(14)? & 0xfff), 16),
-        _ => (None, 12),
-    };
-    if ethertype(rest)? != ETHERTYPE {
-        return None;
-    }
-    let payload = f.get(rest + 2..)?.strip_prefix(MARKER)?;
-    let id = payload.split(|b| *b == 0).next()?;
-    Some(Seen {
-        vlan,
-        id: String::from_utf8_lossy(id).into_owned(),
-    })
-}
-
-/// A tap on the switch, with its fd.
-struct Port {
-    name: &'static str,
-    mac: u8,
-    tap: Tap,
-}
-
-impl Port {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.tap.queues()[0].as_fd()
-    }
-
-    fn send(&self, vlan: Option<u16>, id: &str) {
-        let f = frame(self.mac, vlan, id);
-        assert_eq!(rustix::io::write(self.fd(), &f).unwrap(), f.len());
-    }
-
-    /// Reads frames until ours with `id` comes (within 20 s), checks its
-    /// tag, and returns the ids of our frames that came before it.
-    fn expect(&self, id: &str, vlan: Option<u16>) -> Vec<String> {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut before = Vec::new();
-        let mut buf = [0u8; 2048];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "{}: no frame {id} within 20 s (ours before: {before:?})",
-                self.name
-            );
-            let ts = Timespec::try_from(left).unwrap();
-            let mut fds = [PollFd::from_borrowed_fd(self.fd(), PollFlags::IN)];
-            match poll(&mut fds, Some(&ts)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(e) => panic!("poll: {e}"),
-            }
-            let n = rustix::io::read(self.fd(), &mut buf).unwrap();
-            let Some(seen) = parse(&buf[..n]) else {
-                continue;
-            };
-            if seen.id == id {
-                assert_eq!(seen.vlan, vlan, "{}: frame {id}", self.name);
-                return before;
-            }
-            before.push(seen.id);
-        }
-    }
-
-    /// [`Port::expect`], and nothing of ours before it.
-    fn expect_first(&self, id: &str, vlan: Option<u16>) {
-        let before = self.expect(id, vlan);
-        assert!(
-            before.is_empty(),
-            "{} saw {before:?} before {id}",
-            self.name
-        );
-    }
-}
-
 #[test]
 fn frames_go_where_the_vlans_say() {
     in_netns(|| {
         let Some(d) = OvsDaemons::start() else { return };
         d.add_bridge("br0");
+        if vmtap_testkit::ovs::datapath() == "system" {
+            // The kernel datapath (the openvswitch module) is in use.
+            assert_eq!(
+                d.vsctl(&["get", "Bridge", "br0", "datapath_type"]).trim(),
+                "system"
+            );
+            wait_until("the kernel datapath's ovs-system device", 30, || {
+                vmtap_testkit::exists("ovs-system")
+            });
+        }
         let ovs = ovs_for(&d);
         let open = |name: &'static str, mac: u8, spec: &str| {
             let tap = OpenOptions::new()
@@ -359,7 +263,7 @@ fn frames_go_where_the_vlans_say() {
                 .unwrap();
             ip(&["link", "set", name, "up"]);
             assert_eq!(ovs.add_port("br0", name, Some(&vlan(spec))).unwrap(), None);
-            Port { name, mac, tap }
+            Port::new(name, mac, tap)
         };
         let a1 = open("a1", 1, ".100");
         let a2 = open("a2", 2, "100");

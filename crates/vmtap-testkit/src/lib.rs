@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fakeqmp;
+pub mod frames;
 pub mod helper;
 pub mod ovs;
 

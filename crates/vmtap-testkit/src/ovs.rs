@@ -84,6 +84,16 @@ pub fn ovs_vsctl() -> Option<PathBuf> {
     }
 }
 
+/// The datapath bridges are made on: `system` in the guest-kernel lane or
+/// when `VMTAP_OVS_DATAPATH` says so, else `netdev`.
+pub fn datapath() -> String {
+    match std::env::var("VMTAP_OVS_DATAPATH") {
+        Ok(d) if !d.is_empty() => d,
+        _ if std::env::var("VMTAP_GUEST_KERNEL").as_deref() == Ok("1") => "system".into(),
+        _ => "netdev".into(),
+    }
+}
+
 fn skip_why(why: &str) {
     crate::skip(&format!(
         "Open vSwitch is not installed ({why}): scripts/install-deps installs openvswitch-switch"
@@ -222,15 +232,17 @@ impl OvsDaemons {
         self.try_vsctl(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Adds a bridge on the userspace datapath (`datapath_type=netdev`)
-    /// and, with ovs-vswitchd, waits until it has created it.
+    /// Adds a bridge and, with ovs-vswitchd, waits until it has created
+    /// it: on the userspace datapath (`datapath_type=netdev`), or on the
+    /// kernel's (`system`, the openvswitch module) in the guest-kernel
+    /// lane (`VMTAP_GUEST_KERNEL=1`) or with `VMTAP_OVS_DATAPATH=system`.
     pub fn add_bridge(&self, name: &str) {
         let mut args = vec![];
         if !self.vswitchd {
             args.push("--no-wait");
         }
-        let datapath = "datapath_type=netdev";
-        args.extend(["--", "add-br", name, "--", "set", "Bridge", name, datapath]);
+        let datapath = format!("datapath_type={}", datapath());
+        args.extend(["--", "add-br", name, "--", "set", "Bridge", name, &datapath]);
         self.vsctl(&args);
     }
 
