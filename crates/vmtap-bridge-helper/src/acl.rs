@@ -8,18 +8,22 @@
 //! tab); the argument is what follows, without leading and trailing
 //! whitespace. A keyword without a separator, an unknown keyword, or a name
 //! of 16 bytes or more makes the file invalid. An invalid main file is an
-//! error; an invalid included file is reported and the rest of it ignored
-//! (the rules before the error stay, as in QEMU); a missing or unreadable
-//! included file is ignored. Names match exactly (so `allow br0 # x` is a
-//! rule for the name `br0 # x`, as in QEMU).
+//! error; an included file invalid in one of these ways is reported and
+//! the rest of it ignored (the rules before the error stay, as in QEMU); a
+//! missing included file, or one the caller may not read, is ignored (as
+//! in QEMU: so deny rules belong in files every user can read). Names
+//! match exactly (so `allow br0 # x` is a rule for the name `br0 # x`, as
+//! in QEMU).
 //!
-//! Where this is stricter than QEMU (each makes a file invalid, which
-//! denies, never allows, more): a line longer than QEMU's 4095-byte buffer,
-//! a NUL byte, a relative `include` path (QEMU would read it relative to
-//! the caller's working directory), includes nested deeper than
+//! Where this is stricter than QEMU, the whole ACL is refused (which
+//! denies everything, never allows more than QEMU would, even in an
+//! included file): a line longer than QEMU's 4095-byte buffer, a NUL
+//! byte, a relative `include` path (QEMU would read it relative to the
+//! caller's working directory), includes nested deeper than
 //! [`Limits::depth`] (QEMU recurses until it runs out of fds: a loop), a
-//! file that is not a regular file, and more than [`Limits::file`] bytes
-//! in a file or [`Limits::total`] in all.
+//! file that is not a regular file, an included file that cannot be read
+//! for another reason than its absence or its permissions, and more than
+//! [`Limits::file`] bytes in a file or [`Limits::total`] in all.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -292,11 +296,20 @@ impl Loader<'_> {
                     problem,
                 })
             };
+            // Where vmtap is stricter than QEMU, the whole ACL is refused:
+            // in an included file, ignoring the rest (QEMU's way with its
+            // own errors) would drop deny rules QEMU would have read.
+            let stricter = |i: FileError| match i {
+                FileError::Invalid(i) => FileError::Fatal(AclError::Invalid(i)),
+                other => other,
+            };
             if raw.len() > MAX_LINE {
-                return Err(invalid(format!("line longer than {MAX_LINE} bytes")));
+                return Err(stricter(invalid(format!(
+                    "line longer than {MAX_LINE} bytes"
+                ))));
             }
             if raw.contains(&0) {
-                return Err(invalid("NUL byte in the line".into()));
+                return Err(stricter(invalid("NUL byte in the line".into())));
             }
             let line = &raw[raw.iter().position(|&b| !is_space(b)).unwrap_or(raw.len())..];
             if line.is_empty() || line[0] == b'#' {
@@ -330,10 +343,10 @@ impl Loader<'_> {
                 (b"deny", name) => Rule::Deny(name.to_vec()),
                 (b"include", file) => {
                     if !file.starts_with(b"/") {
-                        return Err(invalid(format!(
+                        return Err(stricter(invalid(format!(
                             "include {}: the path must be absolute",
                             text(file)
-                        )));
+                        ))));
                     }
                     self.include(Path::new(std::ffi::OsStr::from_bytes(file)), depth + 1)?;
                     continue;
@@ -370,12 +383,13 @@ impl Loader<'_> {
             {
                 return Ok(());
             }
-            Err(Ok(e)) => {
-                self.acl.warnings.push(format!(
-                    "ignoring included ACL file {}: {e}",
-                    escape(&path.to_string_lossy())
-                ));
-                return Ok(());
+            // Anything else (not a regular file, too large, an I/O error)
+            // refuses the whole ACL: ignoring the file could drop a deny.
+            Err(Ok(source)) => {
+                return Err(FileError::Fatal(AclError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }));
             }
         };
         match self.parse(path, &data, depth) {
@@ -587,16 +601,18 @@ mod tests {
         assert!(!a.allows("br0"), "a deny in an include wins");
         assert!(a.warnings.is_empty(), "{:?}", a.warnings);
 
-        // Missing and unreadable includes are ignored quietly; other read
-        // errors are reported and ignored.
+        // Missing and unreadable includes are ignored quietly; any other
+        // read error refuses the whole ACL (it could hold a deny).
         let files = Map::default()
-            .with(MAIN, "include /a\ninclude /b\ninclude /c\nallow br0\n")
-            .failing("/b", io::ErrorKind::PermissionDenied)
-            .failing("/c", io::ErrorKind::InvalidInput);
+            .with(MAIN, "include /a\ninclude /b\nallow br0\n")
+            .failing("/b", io::ErrorKind::PermissionDenied);
         let a = load(&files).unwrap();
         assert!(a.allows("br0"));
-        assert_eq!(a.warnings.len(), 1, "{:?}", a.warnings);
-        assert!(a.warnings[0].starts_with("ignoring included ACL file /c"));
+        assert!(a.warnings.is_empty(), "{:?}", a.warnings);
+        let files = Map::default()
+            .with(MAIN, "include /c\nallow br0\n")
+            .failing("/c", io::ErrorKind::InvalidInput);
+        assert!(matches!(load(&files), Err(AclError::Read { .. })));
     }
 
     #[test]
@@ -614,13 +630,18 @@ mod tests {
                 "/inc:2: unknown keyword \"bogus\" (allow, deny, include): ignoring the rest of this included file"
             ]
         );
-        // A relative include inside an include: that include is invalid.
-        let files = Map::default()
-            .with(MAIN, "include /inc\nallow br0\n")
-            .with("/inc", "include rel.conf\n");
-        let a = load(&files).unwrap();
-        assert!(a.allows("br0"));
-        assert!(a.warnings[0].contains("must be absolute"));
+        // Where vmtap is stricter than QEMU, in an include too, the whole
+        // ACL is refused: the deny after it must not be lost.
+        for bad in [
+            "include rel.conf\n",
+            "x\0y\n",
+            &format!("{}\n", "#".repeat(5000)),
+        ] {
+            let files = Map::default()
+                .with(MAIN, "allow all\ninclude /inc\n")
+                .with("/inc", &format!("{bad}deny br-mgmt\n"));
+            assert!(matches!(load(&files), Err(AclError::Invalid(_))), "{bad:?}");
+        }
     }
 
     #[test]
@@ -665,12 +686,14 @@ mod tests {
             Acl::load(&files, Path::new(MAIN), limits),
             Err(AclError::Read { .. })
         ));
-        // An oversized include is reported and ignored.
+        // An oversized include refuses the whole ACL (it could hold a deny).
         let files = Map::default()
             .with(MAIN, "include /big\nallow br0\n")
             .with("/big", &big);
-        let a = Acl::load(&files, Path::new(MAIN), limits).unwrap();
-        assert!(a.allows("br0") && a.warnings.len() == 1);
+        assert!(matches!(
+            Acl::load(&files, Path::new(MAIN), limits),
+            Err(AclError::Read { .. })
+        ));
         // Many small includes add up.
         let files = Map::default()
             .with(MAIN, "include /s\ninclude /s\ninclude /s\ninclude /s\n")

@@ -89,6 +89,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, ArgError>
             }
             ("--name", Some(v)) => {
                 once(key, &name)?;
+                // A name of digits reads as an interface index to many
+                // tools ("%d" alone makes one).
+                if v.bytes().all(|b| b.is_ascii_digit()) || v == "%d" {
+                    return Err(ArgError::Invalid(format!(
+                        "--name={}: a name of digits only is refused (it reads as an interface index)",
+                        crate::escape(v)
+                    )));
+                }
                 name = Some(v.to_string());
             }
             _ => {

@@ -108,6 +108,18 @@ fn run(argv: Vec<OsString>) -> Result<(), String> {
             .into());
     }
 
+    // The ACL speaks of names: a bridge is reached by its name only, not
+    // by one of its alternative names (the kernel resolves those too), so
+    // that a rule for the name cannot be walked around.
+    if let Ok(Some(l)) = vmtap_sys::rtnl::Netlink::open().and_then(|mut nl| nl.link(&args.bridge))
+        && l.name != args.bridge
+    {
+        return Err(format!(
+            "{} is an alternative name of {}: give the bridge's name",
+            quote(&args.bridge),
+            quote(&l.name)
+        ));
+    }
     // The bridge is checked before a tap exists.
     let link = LinkOptions::new().bridge(&args.bridge).record(false);
     link.check().map_err(|e| match e {

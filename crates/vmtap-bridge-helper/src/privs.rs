@@ -141,6 +141,12 @@ pub fn drop_privileges() -> Result<Dropped, PrivError> {
         clear_ambient_capability_set(),
     )?;
     step("PR_SET_NO_NEW_PRIVS", set_no_new_privs(true))?;
+    // No core dump and no ptrace by the caller, whatever fs.suid_dumpable
+    // says (the uid change above set it from there).
+    step(
+        "PR_SET_DUMPABLE",
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable),
+    )?;
     verify(ruid, rgid, keep)?;
     Ok(Dropped {
         secure,

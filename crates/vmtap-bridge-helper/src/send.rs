@@ -12,7 +12,16 @@ use rustix::net::{
 /// Checks that `sock` is a unix socket (before anything is created).
 pub fn check_socket(sock: BorrowedFd<'_>) -> io::Result<()> {
     match sockopt::socket_domain(sock) {
-        Ok(AddressFamily::UNIX) => Ok(()),
+        // A stream socket, as QEMU's and libvirt's socketpair: a datagram
+        // socket could be connected to a third party, who would get the
+        // fds with this process's credentials.
+        Ok(AddressFamily::UNIX) => match sockopt::socket_type(sock)? {
+            rustix::net::SocketType::STREAM => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a stream socket (QEMU passes one end of a socketpair)",
+            )),
+        },
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a unix socket",
@@ -42,4 +51,33 @@ pub fn send_fds(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> 
         return Err(io::Error::other(format!("sent {sent} bytes, not 1")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{SocketFlags, SocketType, socketpair};
+
+    #[test]
+    fn only_unix_stream_sockets_are_taken() {
+        let (a, _b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        check_socket(a.as_fd()).unwrap();
+        let (d, _e) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let err = check_socket(d.as_fd()).unwrap_err();
+        assert!(err.to_string().contains("not a stream socket"), "{err}");
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert!(check_socket(f.as_fd()).is_err());
+    }
 }

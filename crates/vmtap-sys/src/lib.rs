@@ -80,6 +80,11 @@ pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
 /// `VHOST_NET_MINOR` 238 (fixed in `include/linux/miscdevice.h`).
 pub const VHOST_NET_DEVICE: (u32, u32) = (10, 238);
 
+/// The TUN/TAP clone device's (major, minor): `MISC_MAJOR` 10 and
+/// `TUN_MINOR` 200 (fixed in `include/linux/miscdevice.h`); every fd
+/// bound to a tap is open on it.
+pub const TUN_DEVICE: (u32, u32) = (10, 200);
+
 bitflags! {
     /// The `IFF_*` flags of `TUNSETIFF`, `TUNGETIFF` and `TUNGETFEATURES`.
     ///

@@ -4,7 +4,7 @@
 //! This is Ganeti's `hv_kvm.netdev` (`_GetTunFeatures`, `_ProbeTapVnetHdr`,
 //! `_ProbeTapMqVirtioNet`, `OpenTap`), without its defects.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::error::{
@@ -136,6 +136,29 @@ impl Tun {
     /// every fd given is closed (a tap that lives only with its fds goes
     /// with them).
     pub fn adopt_tap(&self, fds: Vec<OwnedFd>, vnet_hdr: VnetHdr, vhost: bool) -> Result<Tap> {
+        // Only fds of the TUN/TAP device are asked TAP ioctls: the same
+        // number could mean something else to another driver.
+        for fd in &fds {
+            match self.sys().char_device(fd.as_fd()) {
+                Ok(Some(dev)) if dev == vmtap_sys::TUN_DEVICE => {}
+                other => {
+                    let cause = match other {
+                        Ok(Some((major, minor))) => {
+                            format!(
+                                "it is character device {major}:{minor}, not /dev/net/tun's 10:200"
+                            )
+                        }
+                        Ok(None) => "it is not a character device".to_string(),
+                        Err(e) => format!("fstat failed: {e}"),
+                    };
+                    return Err(Error::NotATapFd {
+                        fd: fd.as_raw_fd(),
+                        cause,
+                        source: std::io::Error::from_raw_os_error(libc::ENOTTY),
+                    });
+                }
+            }
+        }
         let info = {
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
             self.check_queues(&borrowed)?
