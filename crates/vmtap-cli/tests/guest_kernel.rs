@@ -17,7 +17,7 @@ use vmtap_testkit::*;
 const VMTAP: &str = env!("CARGO_BIN_EXE_vmtap");
 
 /// How long a nested guest may take to boot or to see a NIC.
-const NESTED: Duration = Duration::from_secs(600);
+const NESTED: Duration = Duration::from_secs(900);
 
 fn vhost_net_here() -> bool {
     if Path::new("/dev/vhost-net").exists() {
