@@ -140,7 +140,7 @@ fn routed_and_openvswitch_set_ups_cannot_be_unrecorded() {
 #[test]
 fn frames_on_a_vlan_filtering_bridge_go_where_the_vlans_say() {
     use vmtap::VnetHdr;
-    use vmtap_testkit::frames::Port;
+    use vmtap_testkit::frames::{Port, VlanPorts, vlan_frame_checks};
     in_netns(|| {
         if run(
             "ip",
@@ -173,37 +173,16 @@ fn frames_on_a_vlan_filtering_bridge_go_where_the_vlans_say() {
                 .keep();
             Port::new(name, mac, tap)
         };
-        let a1 = open("a1", 1, ".100");
-        let a2 = open("a2", 2, "100");
-        let b1 = open("b1", 3, ".200");
-        let tr = open("tr", 4, ":100:200");
-        let hy = open("hy", 5, ".100:200");
-        // As on the switch: see tests/ovs.rs for the sequence.
-        a1.send(None, "f1");
-        a2.expect_first("f1", None);
-        tr.expect_first("f1", Some(100));
-        hy.expect_first("f1", None);
-        tr.send(Some(200), "f2");
-        b1.expect_first("f2", None);
-        hy.expect_first("f2", Some(200));
-        b1.send(None, "f3");
-        tr.expect_first("f3", Some(200));
-        hy.expect_first("f3", Some(200));
-        hy.send(None, "f4");
-        a1.expect_first("f4", None);
-        a2.expect_first("f4", None);
-        tr.expect_first("f4", Some(100));
-        hy.send(Some(200), "f5");
-        b1.expect_first("f5", None);
-        tr.expect_first("f5", Some(200));
-        tr.send(Some(100), "f6");
-        a1.expect_first("f6", None);
-        a2.expect_first("f6", None);
-        hy.expect_first("f6", None);
-        tr.send(Some(300), "f7");
-        tr.send(Some(200), "f8");
-        hy.expect_first("f8", Some(200));
-        b1.expect_first("f8", None);
+        let ports = VlanPorts {
+            a1: open("a1", 1, ".100"),
+            a2: open("a2", 2, "100"),
+            b1: open("b1", 3, ".200"),
+            tr: open("tr", 4, ":100:200"),
+            hy: open("hy", 5, ".100:200"),
+        };
+        // As on Open vSwitch (tests/ovs.rs).
+        vlan_frame_checks(&ports);
+        let VlanPorts { a1, a2, b1, tr, hy } = &ports;
         // The host's own 802.1Q interface on the bridge (the 8021q module)
         // in VLAN 200: what it sends reaches the VLAN-200 ports only,
         // tagged on the trunk and the hybrid port, untagged on the access
@@ -223,7 +202,7 @@ fn frames_on_a_vlan_filtering_bridge_go_where_the_vlans_say() {
         hy.expect_first("h1", Some(200));
         a2.send(None, "f9");
         a1.expect_first("f9", None);
-        drop((a1, a2, b1, tr, hy));
+        drop(ports);
     });
 }
 

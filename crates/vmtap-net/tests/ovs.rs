@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vmtap::{OpenOptions, VnetHdr};
 use vmtap_net::VlanSpec;
 use vmtap_net::ovs::{Ovs, OvsError, OvsPort};
-use vmtap_testkit::frames::Port;
+use vmtap_testkit::frames::{Port, VlanPorts, vlan_frame_checks};
 use vmtap_testkit::ovs::OvsDaemons;
 use vmtap_testkit::{in_netns, ip, wait_until};
 
@@ -265,51 +265,15 @@ fn frames_go_where_the_vlans_say() {
             assert_eq!(ovs.add_port("br0", name, Some(&vlan(spec))).unwrap(), None);
             Port::new(name, mac, tap)
         };
-        let a1 = open("a1", 1, ".100");
-        let a2 = open("a2", 2, "100");
-        let b1 = open("b1", 3, ".200");
-        let tr = open("tr", 4, ":100:200");
-        let hy = open("hy", 5, ".100:200");
-
-        // VLAN 100, untagged from an access port: the other access port
-        // gets it untagged, the trunk tagged, the hybrid port untagged.
-        a1.send(None, "f1");
-        a2.expect_first("f1", None);
-        tr.expect_first("f1", Some(100));
-        hy.expect_first("f1", None);
-        // VLAN 200 from the trunk: the VLAN-200 access port gets it (and
-        // did not get f1 before it), the hybrid port gets it tagged.
-        tr.send(Some(200), "f2");
-        b1.expect_first("f2", None);
-        hy.expect_first("f2", Some(200));
-        // VLAN 200 from the access port: the trunk and the hybrid port get
-        // it tagged.
-        b1.send(None, "f3");
-        tr.expect_first("f3", Some(200));
-        hy.expect_first("f3", Some(200));
-        // Untagged from the hybrid port is its native VLAN, 100: the
-        // VLAN-100 ports never saw f2 and f3.
-        hy.send(None, "f4");
-        a1.expect_first("f4", None);
-        a2.expect_first("f4", None);
-        tr.expect_first("f4", Some(100));
-        // Tagged 200 from the hybrid port: VLAN 200 only (b1 never saw f4).
-        hy.send(Some(200), "f5");
-        b1.expect_first("f5", None);
-        tr.expect_first("f5", Some(200));
-        // Tagged 100 from the trunk: VLAN 100 only.
-        tr.send(Some(100), "f6");
-        a1.expect_first("f6", None);
-        a2.expect_first("f6", None);
-        hy.expect_first("f6", None);
-        // A VLAN the trunk does not carry is dropped: f7 never reaches the
-        // hybrid port, f8 does, first.
-        tr.send(Some(300), "f7");
-        tr.send(Some(200), "f8");
-        hy.expect_first("f8", Some(200));
-        // And b1 never saw f6 or f7.
-        b1.expect_first("f8", None);
-        drop((a1, a2, b1, tr, hy));
+        let ports = VlanPorts {
+            a1: open("a1", 1, ".100"),
+            a2: open("a2", 2, "100"),
+            b1: open("b1", 3, ".200"),
+            tr: open("tr", 4, ":100:200"),
+            hy: open("hy", 5, ".100:200"),
+        };
+        vlan_frame_checks(&ports);
+        drop(ports);
     });
 }
 

@@ -122,3 +122,67 @@ impl Port {
         );
     }
 }
+
+/// The ports of a switch or bridge for [`vlan_frame_checks`], with their
+/// VLAN specs (vmtap's syntax): two access ports of VLAN 100 (`.100` and
+/// `100`), an access port of VLAN 200 (`.200`), a trunk of 100 and 200
+/// (`:100:200`) and a hybrid port, native 100 and tagged 200
+/// (`.100:200`).
+pub struct VlanPorts {
+    /// `.100`.
+    pub a1: Port,
+    /// `100`.
+    pub a2: Port,
+    /// `.200`.
+    pub b1: Port,
+    /// `:100:200`.
+    pub tr: Port,
+    /// `.100:200`.
+    pub hy: Port,
+}
+
+/// Frames within a VLAN are delivered, untagged on access ports and on the
+/// hybrid port's native VLAN, tagged elsewhere; frames never cross VLANs;
+/// a VLAN a trunk does not carry is dropped. The same sequence for Open
+/// vSwitch and for a VLAN-filtering Linux bridge.
+pub fn vlan_frame_checks(p: &VlanPorts) {
+    let VlanPorts { a1, a2, b1, tr, hy } = p;
+    // VLAN 100, untagged from an access port: the other access port
+    // gets it untagged, the trunk tagged, the hybrid port untagged.
+    a1.send(None, "f1");
+    a2.expect_first("f1", None);
+    tr.expect_first("f1", Some(100));
+    hy.expect_first("f1", None);
+    // VLAN 200 from the trunk: the VLAN-200 access port gets it (and
+    // did not get f1 before it), the hybrid port gets it tagged.
+    tr.send(Some(200), "f2");
+    b1.expect_first("f2", None);
+    hy.expect_first("f2", Some(200));
+    // VLAN 200 from the access port: the trunk and the hybrid port get
+    // it tagged.
+    b1.send(None, "f3");
+    tr.expect_first("f3", Some(200));
+    hy.expect_first("f3", Some(200));
+    // Untagged from the hybrid port is its native VLAN, 100: the
+    // VLAN-100 ports never saw f2 and f3.
+    hy.send(None, "f4");
+    a1.expect_first("f4", None);
+    a2.expect_first("f4", None);
+    tr.expect_first("f4", Some(100));
+    // Tagged 200 from the hybrid port: VLAN 200 only (b1 never saw f4).
+    hy.send(Some(200), "f5");
+    b1.expect_first("f5", None);
+    tr.expect_first("f5", Some(200));
+    // Tagged 100 from the trunk: VLAN 100 only.
+    tr.send(Some(100), "f6");
+    a1.expect_first("f6", None);
+    a2.expect_first("f6", None);
+    hy.expect_first("f6", None);
+    // A VLAN the trunk does not carry is dropped: f7 never reaches the
+    // hybrid port, f8 does, first.
+    tr.send(Some(300), "f7");
+    tr.send(Some(200), "f8");
+    hy.expect_first("f8", Some(200));
+    // And b1 never saw f6 or f7.
+    b1.expect_first("f8", None);
+}
