@@ -90,7 +90,7 @@ pub struct Installed {
 pub fn install(bin: &Path, how: Privilege) -> Installed {
     let dir = TempDir::new("helper");
     let path = dir.path().join(bin.file_name().unwrap());
-    std::fs::copy(bin, &path).unwrap();
+    copy_in_child(bin, &path);
     rustix::fs::chown(
         &path,
         Some(rustix::process::Uid::ROOT),
@@ -146,9 +146,21 @@ exec "$@""#;
 /// Writes an executable shell script `name` with `body` into `dir`.
 pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    let src = dir.join(format!(".{name}.src"));
+    std::fs::write(&src, format!("#!/bin/sh\n{body}\n")).unwrap();
+    copy_in_child(&src, &p);
+    std::fs::remove_file(&src).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
+}
+
+/// Copies `from` to `to` in a child process (`cp`), so that the only fd
+/// ever open for writing on `to` is the child's: written in this process,
+/// a thread's concurrent fork could inherit it until that child execs, and
+/// running `to` meanwhile fails with `ETXTBSY`.
+fn copy_in_child(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp {} {}", from.display(), to.display());
 }
 
 impl Default for EtcQemu {
