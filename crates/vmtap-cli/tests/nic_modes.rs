@@ -248,21 +248,7 @@ fn port_vlans(port: &str) -> Vec<(u64, bool, bool)> {
 #[test]
 fn bridged_vlans_access_trunk_hybrid() {
     in_netns(|| {
-        if run(
-            "ip",
-            &[
-                "link",
-                "add",
-                "bv0",
-                "type",
-                "bridge",
-                "vlan_filtering",
-                "1",
-            ],
-        )
-        .is_err()
-        {
-            not_run_here("bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)");
+        if !vlan_filtering_bridge("bv0") {
             return;
         }
         for (i, (spec, want)) in [

@@ -142,21 +142,7 @@ fn frames_on_a_vlan_filtering_bridge_go_where_the_vlans_say() {
     use vmtap::VnetHdr;
     use vmtap_testkit::frames::{Port, VlanPorts, vlan_frame_checks};
     in_netns(|| {
-        if run(
-            "ip",
-            &[
-                "link",
-                "add",
-                "bv0",
-                "type",
-                "bridge",
-                "vlan_filtering",
-                "1",
-            ],
-        )
-        .is_err()
-        {
-            not_run_here("bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)");
+        if !vlan_filtering_bridge("bv0") {
             return;
         }
         ip(&["link", "set", "bv0", "up"]);

@@ -120,6 +120,19 @@ pub fn not_run_here(why: &str) {
     let _ = writeln!(std::io::stderr(), "NOT RUN (this kernel): {why}");
 }
 
+/// Makes bridge `name` with VLAN filtering; false (after
+/// [`not_run_here`]) when this kernel cannot filter VLANs on a bridge.
+pub fn vlan_filtering_bridge(name: &str) -> bool {
+    let made = run(
+        "ip",
+        &["link", "add", name, "type", "bridge", "vlan_filtering", "1"],
+    );
+    if made.is_err() {
+        not_run_here("bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)");
+    }
+    made.is_ok()
+}
+
 /// `ip -d link show dev NAME` in the calling thread's namespace.
 pub fn ip_details(name: &str) -> String {
     ip(&["-d", "link", "show", "dev", name])
